@@ -2,8 +2,8 @@
 
 Calls :func:`models.assets.prepare_all` and shows one progress bar over its steps on stderr (only when stderr is
 a terminal); each step's messages are printed above the bar. Steps that are already done say so and return at
-once, so running this again is fast. A :class:`~models.errors.PersonaError` ends the run with exit code 1 and
-its message and hint, without a traceback.
+once, so running this again is fast. A :class:`~models.errors.PersonaError` (or an ``OSError`` such as an
+unwritable folder) ends the run with exit code 1 and its message and hint, without a traceback.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class StepProgress:
         self.file = file if file is not None else sys.stderr
         self.steps = list(steps)
         self.current: str | None = None
+        self.done = 0  # finished steps (tqdm stops counting when the bar is disabled)
         self.bar = tqdm(
             total=len(self.steps),
             desc="preparing assets",
@@ -47,24 +48,28 @@ class StepProgress:
         step = step.strip() if sep else ""
         if step and step != self.current:
             if self.current is not None:
-                self.bar.update(1)
+                self._advance(1)
             if step not in self.steps:
                 self.steps.append(step)
                 self.bar.total = len(self.steps)
             self.current = step
-            self.bar.set_description(f"preparing {step}")
+            self.bar.set_description_str(f"preparing {step}")
         tqdm.write(f"    {message}", file=self.file)
+
+    def _advance(self, steps: int) -> None:
+        self.done += steps
+        self.bar.update(steps)
 
     def close(self, *, ok: bool) -> None:
         """Finish the bar: on success every step counts as done."""
         if ok:
-            self.bar.set_description("assets ready")
-            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.set_description_str("assets ready", refresh=False)
+            self._advance(len(self.steps) - self.done)
         self.bar.close()
 
 
 def main() -> int:
-    """Prepare all assets; returns the process exit code (0 ok, 1 on a :class:`PersonaError`, 130 on Ctrl-C)."""
+    """Prepare all assets; returns the exit code: 0 ok, 1 on a :class:`PersonaError` or ``OSError``, 130 on Ctrl-C."""
     started = time.monotonic()
     folder = assets_dir()
     print(f"    assets folder: {folder}", file=sys.stderr)
@@ -76,6 +81,11 @@ def main() -> int:
         print(f"error: {error.message}", file=sys.stderr)
         if error.hint:
             print(error.hint, file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. the assets folder cannot be written
+        progress.close(ok=False)
+        print(f"error: {error}", file=sys.stderr)
+        print("Check that the assets folder is writable and the disk is not full.", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         progress.close(ok=False)
