@@ -45,6 +45,10 @@ class Split:
     n_items: int
     users: dict[int, UserSplit]
 
+    def subset(self, users: list[int]) -> Split:
+        """The same split restricted to some users."""
+        return Split(self.dataset, self.seed, self.n_items, {u: self.users[u] for u in users})
+
     def train_sequences(self) -> dict[int, NDArray[np.int64]]:
         """Each user's training items in time order."""
         return {u: s.train for u, s in self.users.items()}

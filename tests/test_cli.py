@@ -1,0 +1,91 @@
+"""The ``agent`` command line, driven through its real entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from agent.cli import app
+from agent.paths import data_dir
+from models.movielens import load_ml100k
+from models.retrieval import SharedParams, save_params
+
+runner = CliRunner()
+
+
+def test_eval_popularity_json_and_split_round_trip(tmp_path: Path) -> None:
+    split_file = tmp_path / "split.json"
+    first = runner.invoke(app, ["eval", "--model", "popularity", "--json", "--write-split", str(split_file)])
+    assert first.exit_code == 0, first.output
+    body = json.loads(first.stdout)
+    assert set(body) >= {"dataset", "protocol", "model", "split_sha256", "metrics", "valid_metrics", "wall_s"}
+    assert body["dataset"] == "ml-100k" and body["protocol"] == "loo99" and body["model"] == "popularity"
+    assert 0.25 < body["metrics"]["HR@10"] < 0.40  # EVALUATION.md: popularity 0.313 on this split
+    again = runner.invoke(app, ["eval", "--model", "popularity", "--json", "--split", str(split_file)])
+    assert again.exit_code == 0, again.output
+    body2 = json.loads(again.stdout)
+    assert body2["split_sha256"] == body["split_sha256"]
+    assert body2["metrics"] == body["metrics"]
+
+
+def test_eval_full_ranking_reports_recall(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--model", "popularity", "--protocol", "full", "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    assert set(metrics) == {"HR@10", "NDCG@10", "Recall@20"}
+    assert metrics["Recall@20"] >= metrics["HR@10"]
+
+
+def test_eval_rejects_unknown_protocol_with_usage_exit_code() -> None:
+    result = runner.invoke(app, ["eval", "--protocol", "nope"])
+    assert result.exit_code == 2
+    assert "loo99" in result.output
+
+
+def test_eval_bad_split_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2")
+    result = runner.invoke(app, ["eval", "--model", "popularity", "--split", str(bad)])
+    assert result.exit_code == 1
+    assert "not valid JSON" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_paths_json_honours_persona_home(isolated_persona_home: Path) -> None:
+    result = runner.invoke(app, ["paths", "--json"])
+    assert result.exit_code == 0
+    found = json.loads(result.stdout)
+    assert found["data"].startswith(str(isolated_persona_home))
+
+
+def test_suggest_without_a_model_says_what_to_do() -> None:
+    result = runner.invoke(app, ["suggest"])
+    assert result.exit_code == 1
+    assert "scripts/demo" in result.output
+
+
+def test_suggest_path_never_imports_torch() -> None:
+    dataset = load_ml100k()
+    folder = data_dir() / "models"
+    save_params(folder / "shared_first_stage.npz", SharedParams.init(len(dataset.catalog)))
+    history = [dataset.catalog.item_ids[i] for i in dataset.interactions.sequences()[0]]
+    (folder / "history.json").write_text(json.dumps({"user": "1", "items": history}))
+    code = (
+        "import sys, json\n"
+        "from agent.cli import app\n"
+        "try:\n    app(['suggest', '--json', '-n', '5'])\n"
+        "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    suggestions = json.loads(proc.stdout)["suggestions"]
+    assert len(suggestions) == 5
+    assert all(s["title"] and s["reason"] for s in suggestions)
+    assert not set(s["item"] for s in suggestions) & set(history)
+    assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"torch": False}
+    assert np.isfinite([s["score"] for s in suggestions]).all()
