@@ -50,3 +50,24 @@ def isolated_persona_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     monkeypatch.setenv("PERSONA_HOME", str(home))
     monkeypatch.setenv("PERSONA_ASSETS", REAL_ASSETS)
     return home
+
+
+@pytest.fixture(scope="session")
+def _catalog_embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Embed the ML-100K catalog once per session with the real encoder; tests copy the cache file."""
+    from models.encoder import ItemEncoder, embed_catalog
+    from models.movielens import load_ml100k
+
+    folder = tmp_path_factory.mktemp("embedding-cache")
+    embed_catalog(load_ml100k().catalog, ItemEncoder(), folder)
+    return folder
+
+
+@pytest.fixture
+def warm_embedding_cache(isolated_persona_home: Path, _catalog_embeddings: Path) -> Path:
+    """This test's PERSONA_HOME starts with the ML-100K embedding cache already filled (as after a first run)."""
+    import shutil
+
+    target = isolated_persona_home / "cache" / "embeddings"
+    shutil.copytree(_catalog_embeddings, target)
+    return target

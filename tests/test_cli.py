@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
@@ -16,6 +17,7 @@ from models.movielens import load_ml100k
 from models.retrieval import SharedParams, save_params
 
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
 
 
 def test_eval_popularity_json_and_split_round_trip(tmp_path: Path) -> None:
@@ -89,3 +91,15 @@ def test_suggest_path_never_imports_torch() -> None:
     assert not set(s["item"] for s in suggestions) & set(history)
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"torch": False}
     assert np.isfinite([s["score"] for s in suggestions]).all()
+
+
+def test_eval_coldstart_reports_each_k() -> None:
+    result = runner.invoke(app, ["eval", "--model", "central", "--protocol", "coldstart", "--epochs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert set(body["metrics"]) == {"k=0", "k=1", "k=3", "k=5"}
+    assert body["selected"]["cold_users"] == 189 and body["selected"]["warm_users"] == 754
+    k0, k5 = body["metrics"]["k=0"], body["metrics"]["k=5"]
+    assert 0.0 < k0["HR@10"] <= 1.0
+    # five items of history tell the model more than none
+    assert k5["NDCG@10"] > k0["NDCG@10"]
