@@ -1,7 +1,16 @@
 """The ``agent`` command line. stdout carries data (tables or ``--json``); stderr carries progress and errors.
 
-Exit codes: 0 success; 1 a known problem (a missing asset, a bad file — the message says what to do);
-2 a usage error (unknown option or value); 130 interrupted.
+``agent`` with no command opens the TUI (onboarding on the first run). Every read command (``suggest``,
+``history``, ``search``, ``inspect``, ``paths``, ``import``) takes ``--json`` and then prints exactly one JSON object.
+``NO_COLOR`` turns colour off. ``PERSONA_HOME`` relocates every file; ``PERSONA_PASSPHRASE`` unlocks an encrypted
+profile without a prompt.
+
+Exit codes:
+    0    success
+    1    a known problem: a missing asset, a bad file, a wrong passphrase, an unknown item, a refused reset —
+         the message on stderr says what went wrong and what to do
+    2    a usage error: unknown command, option or value (e.g. ``agent rate X maybe``)
+    130  interrupted (Ctrl-C)
 """
 
 from __future__ import annotations
@@ -9,8 +18,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -19,12 +29,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agent import paths
+from agent.errors import ProfileError
+from agent.profile import Profile
+from agent.settings import load_settings
+from agent.store import ProfileStore, feedback_to_row, profile_files, reset_profile
 from models.errors import PersonaError
+
+PASSPHRASE_ENV = "PERSONA_PASSPHRASE"
 
 app = typer.Typer(
     name="agent",
     help="Persona: an on-device recommendation agent with a private and a federated shared adapter.",
-    no_args_is_help=True,
+    no_args_is_help=False,
     add_completion=True,
     pretty_exceptions_enable=False,
 )
@@ -32,7 +48,7 @@ out = Console(no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
 err = Console(stderr=True, no_color=bool(os.environ.get("NO_COLOR")), soft_wrap=True)
 
 
-def _fail(error: PersonaError) -> None:
+def _fail(error: PersonaError) -> NoReturn:
     err.print(f"[bold red]{escape(error.title)}:[/] {escape(error.message)}")
     if error.hint:
         err.print(escape(error.hint))
@@ -162,8 +178,388 @@ def eval_command(
     err.print(f"wall time {body['wall_s']:.1f} s")
 
 
-def _model_dir() -> Path:
-    return paths.data_dir() / "models"
+# --------------------------------------------------------------------------------------------- the profile
+
+
+def _passphrase(*, confirm: bool = False) -> str | None:
+    """PERSONA_PASSPHRASE, else a hidden prompt when a terminal is attached, else None."""
+    from_env = os.environ.get(PASSPHRASE_ENV)
+    if from_env:
+        return from_env
+    if sys.stdin.isatty():
+        value: str = typer.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm, err=True)
+        return value
+    return None
+
+
+def _open_store() -> ProfileStore:
+    """The profile store (asking for the passphrase of an encrypted one); a problem exits 1 with a message."""
+    try:
+        passphrase = _passphrase() if ProfileStore.is_encrypted_at() else None
+        return ProfileStore.open(passphrase=passphrase)
+    except PersonaError as error:
+        _fail(error)
+
+
+def _open_profile(store: ProfileStore) -> Profile:
+    try:
+        return Profile.load(store)
+    except PersonaError as error:
+        store.close()
+        _fail(error)
+
+
+def _retrain(store: ProfileStore) -> None:
+    """Retrain the private adapter in the worker process, reporting on stderr."""
+    from agent.jobs import run_training
+
+    passphrase = os.environ.get(PASSPHRASE_ENV) if store.encrypted else None
+    with err.status("training the private adapter (worker process)"):
+        result = run_training(passphrase=passphrase)
+    err.print(f"private adapter retrained on {result['n_examples']} examples in {result['seconds']:.1f} s")
+
+
+@app.callback(invoke_without_command=True)
+def root(ctx: typer.Context) -> None:
+    """Persona: with no command, opens the TUI (onboarding on the first run)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        out.print(ctx.get_help())
+        return
+    _run_tui()
+
+
+def _run_tui() -> None:
+    from agent.tui.app import PersonaApp
+
+    try:
+        settings = load_settings()
+    except PersonaError as error:
+        _fail(error)
+        return
+    passphrase = None
+    if ProfileStore.is_encrypted_at():
+        passphrase = _passphrase()
+    PersonaApp(settings=settings, passphrase=passphrase).run()
+
+
+@app.command()
+def init(
+    encrypt: Annotated[bool, typer.Option("--encrypt", help="Encrypt the profile at rest with a passphrase.")] = False,
+) -> None:
+    """Create the profile (optionally encrypted: scrypt + AES-GCM; passphrase from a prompt or PERSONA_PASSPHRASE)."""
+    if ProfileStore.exists() or ProfileStore.is_encrypted_at():
+        _fail(ProfileError(f"A profile already exists in {paths.data_dir()}.", hint="`agent reset` deletes it."))
+    try:
+        if encrypt:
+            passphrase = _passphrase(confirm=True)
+            if not passphrase:
+                raise ProfileError(
+                    "A passphrase is needed to encrypt the profile.",
+                    hint=f"Run in a terminal to be asked, or set {PASSPHRASE_ENV}.",
+                )
+            store = ProfileStore.create_encrypted(None, passphrase)
+        else:
+            store = ProfileStore.open()
+    except PersonaError as error:
+        _fail(error)
+        return
+    with store:
+        err.print(f"profile created in {store.folder}" + (" (encrypted)" if store.encrypted else ""))
+
+
+@app.command()
+def suggest(
+    n: Annotated[int, typer.Option("-n", help="How many suggestions.", min=1)] = 10,
+    query: Annotated[str | None, typer.Option("--query", "-q", help="Blend this text into your taste.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Suggest items from the first-stage scorer, each with a one-line reason (never imports torch)."""
+    with _open_store() as store:
+        profile = _open_profile(store)
+        liked, _disliked = profile.feedback()
+        if not len(liked) and not query:
+            _fail(
+                ProfileError(
+                    "No liked items yet, so there is nothing to suggest from.",
+                    hint="Run `agent` to pick a few favourites, `agent rate ITEM like`, `agent import FILE`, "
+                    "or give --query TEXT.",
+                )
+            )
+        try:
+            items = [s.as_dict() for s in profile.suggest(n, query=query)]
+        except PersonaError as error:
+            _fail(error)
+            return
+        body = {"catalog": profile.catalog.name, "query": query, "suggestions": items}
+    if as_json:
+        _emit_json(body)
+        return
+    table = Table(title=f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else ""))
+    for col in ("#", "title", "year", "tags", "score", "why"):
+        table.add_column(col)
+    for rank, row in enumerate(items, 1):
+        table.add_row(
+            str(rank),
+            escape(row["title"]),
+            str(row["year"] or ""),
+            ", ".join(row["tags"][:3]),
+            f"{row['score']:.2f}",
+            escape(row["reason"]),
+        )
+    out.print(table)
+
+
+@app.command()
+def rate(
+    item: Annotated[str, typer.Argument(help="Item id, title, or 'title (year)'.")],
+    feedback: Annotated[str, typer.Argument(help="like | dislike | a rating from 1 to 5.")],
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Retrain the private adapter now.")] = True,
+) -> None:
+    """Record feedback on an item (and retrain the private adapter in a worker process)."""
+    try:
+        kind, rating = feedback_to_row(feedback)
+    except ValueError as exc:
+        err.print(f"Invalid feedback: {exc}.")
+        raise typer.Exit(2) from None
+    with _open_store() as store:
+        profile = _open_profile(store)
+        try:
+            index = profile.resolve(item)
+            store.add_interaction(
+                profile.catalog.name, profile.catalog.item_ids[index], kind=kind, rating=rating, source="cli"
+            )
+            err.print(f"recorded: {profile.catalog.label(index)} → {feedback}")
+            if train:
+                _retrain(store)
+        except PersonaError as error:
+            _fail(error)
+
+
+@app.command()
+def train() -> None:
+    """Retrain the private adapter now, from all your feedback (in a worker process)."""
+    with _open_store() as store:
+        try:
+            _retrain(store)
+        except PersonaError as error:
+            _fail(error)
+
+
+@app.command()
+def history(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List your feedback, oldest first."""
+    with _open_store() as store:
+        rows = store.interactions()
+        labels: dict[str, str] = {}
+        if rows:
+            profile = _open_profile(store)
+            labels = {profile.catalog.item_ids[i]: profile.catalog.label(i) for i in range(len(profile.catalog))}
+    entries = [{**r.as_dict(), "label": labels.get(r.item_id, r.item_id)} for r in rows]
+    if as_json:
+        _emit_json({"interactions": entries})
+        return
+    table = Table(title=f"History ({len(entries)} interactions)")
+    for col in ("when", "item", "feedback", "source"):
+        table.add_column(col)
+    for e in entries:
+        when = time.strftime("%Y-%m-%d", time.gmtime(e["ts"]))
+        what = e["kind"] if e["kind"] != "rating" else f"{e['rating']:g}/5"
+        table.add_row(when, escape(e["label"]), what, e["source"])
+    out.print(table)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="Part of a title, or a tag.")],
+    n: Annotated[int, typer.Option("-n", help="How many results.", min=1)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Search the active catalog by title (prefix, substring, close spelling) and tag."""
+    with _open_store() as store:
+        profile = _open_profile(store)
+        found = profile.search(text, limit=n)
+        rated = store.latest_feedback(profile.catalog.name)
+        cat = profile.catalog
+        results = [
+            {
+                "item": cat.item_ids[i],
+                "title": cat.titles[i],
+                "year": cat.years[i],
+                "tags": cat.tags[i],
+                "rated": rated[cat.item_ids[i]].kind if cat.item_ids[i] in rated else None,
+            }
+            for i in found
+        ]
+    if as_json:
+        _emit_json({"catalog": cat.name, "query": text, "results": results})
+        return
+    table = Table(title=f'"{text}" in {cat.name}')
+    for col in ("id", "title", "year", "tags", "rated"):
+        table.add_column(col)
+    for i, r in zip(found, results, strict=True):
+        table.add_row(
+            cat.item_ids[i],
+            escape(cat.titles[i]),
+            str(cat.years[i] or ""),
+            ", ".join(cat.tags[i][:3]),
+            str(r["rated"] or ""),
+        )
+    out.print(table)
+
+
+@app.command("import")
+def import_command(
+    file: Annotated[Path, typer.Argument(help="CSV, TSV, JSONL, RecBole .inter, or a Letterboxd export CSV.")],
+    catalog: Annotated[
+        str | None, typer.Option("--catalog", help="The catalog this file is (a catalog file) or refers to (history).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Whose rows to take from a multi-user log.")] = None,
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Retrain the private adapter afterwards.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Import your history (log, .inter, Letterboxd CSV) or a catalog; lists bad rows by line and unmatched titles."""
+    from agent.importing import import_file
+
+    with _open_store() as store:
+        try:
+            report = import_file(store, file, catalog=catalog, user=user)
+        except PersonaError as error:
+            problems = getattr(error, "problems", [])
+            for problem in problems[:20]:
+                err.print(f"  {escape(str(problem))}")
+            _fail(error)
+            return
+        for problem in report["problems"]:
+            err.print(f"skipped line {problem['line']}: {escape(problem['message'])}")
+        for title in report["unmatched"]:
+            err.print(f"no match in {report['catalog']}: {escape(title)}")
+        if train and report["kind"] != "catalog" and report["imported"]:
+            try:
+                _retrain(store)
+            except PersonaError as error:
+                _fail(error)
+    if as_json:
+        _emit_json(report)
+        return
+    out.print(
+        f"imported {report['imported']} {'items' if report['kind'] == 'catalog' else 'interactions'} "
+        f"({report['kind']}) into {report['catalog']}; {len(report['problems'])} bad rows, "
+        f"{len(report['unmatched'])} unmatched"
+    )
+
+
+@app.command()
+def inspect(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Your personality profile: affinities and aversions from the private adapter, what was shared, where it lives."""
+    with _open_store() as store:
+        profile = _open_profile(store)
+        body = profile.inspect()
+    if as_json:
+        _emit_json(body)
+        return
+    counts = body["interactions"]
+    adapter = body["private_adapter"]
+    out.print(f"[bold]Profile[/] on {body['catalog']}" + (" (encrypted)" if body["encrypted"] else ""))
+    out.print(
+        f"  {counts['total']} interactions: {counts['liked_items']} liked items, {counts['disliked_items']} disliked"
+    )
+    out.print(f"  traits derived from: {body['derived_from']}")
+    for heading, rows in (("Affinities", body["affinities"]), ("Aversions", body["aversions"])):
+        table = Table(title=heading)
+        for col in ("tag", "lift (σ)", "liked", "disliked", "examples"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(
+                r["tag"], f"{r['lift']:+.2f}", str(r["liked"]), str(r["disliked"]), escape("; ".join(r["examples"]))
+            )
+        out.print(table)
+    shift = adapter["relative_shift"]
+    out.print(
+        f"private adapter: |θ_u| = {adapter['norm']:.3f}"
+        + (f", {shift:.2f}× the history state" if shift is not None else "")
+        + f"; changes {adapter['top20_changed_by_private']} of your top 20"
+        + (f"; version {adapter['version']}" if adapter["version"] else " (not trained yet)")
+    )
+    last = body["last_training"]
+    out.print(
+        "last local training: "
+        + (
+            f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(last['finished_at']))} "
+            f"({last['n_examples']} examples, {last['seconds']:.1f} s)"
+            if last
+            else "never"
+        )
+    )
+    out.print(f"shared adapter: {body['shared_adapter']['version']}")
+    egress = body["egress"]
+    out.print(
+        f"shared so far: {egress['rounds']} sync rounds, {egress['bytes_sent']:,} bytes sent, "
+        f"{egress['bytes_received']:,} received, ε = {egress['epsilon']:.3g}"
+    )
+    out.print(f"data: {body['paths']['data']}   config: {body['paths']['config']}   cache: {body['paths']['cache']}")
+
+
+@app.command()
+def forget(
+    item: Annotated[str, typer.Argument(help="Item id, title, or 'title (year)'.")],
+    train: Annotated[bool, typer.Option("--train/--no-train", help="Retrain the private adapter now.")] = True,
+) -> None:
+    """Drop every interaction with an item, then retrain the private adapter from scratch without it."""
+    with _open_store() as store:
+        profile = _open_profile(store)
+        try:
+            index = profile.resolve(item)
+            removed = store.forget(profile.catalog.name, profile.catalog.item_ids[index])
+            if not removed:
+                raise ProfileError(f"You have no interaction with {profile.catalog.label(index)}.")
+            err.print(f"forgot {removed} interaction(s) with {profile.catalog.label(index)}")
+            if train:
+                _retrain(store)
+        except PersonaError as error:
+            _fail(error)
+
+
+@app.command()
+def reset(
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete the whole profile (interactions, adapters, ledger, catalogs, SQLite WAL/SHM); nothing is kept."""
+    folder = paths.data_dir()
+    files = profile_files(folder)
+    if not files:
+        err.print(f"nothing to delete: no profile in {folder}")
+        return
+    err.print(f"This deletes {len(files)} file(s) in {folder}:")
+    for path in files:
+        err.print(f"  {path.relative_to(folder)}")
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail(ProfileError("Not deleting without confirmation.", hint="Run `agent reset --yes` to confirm."))
+        if not typer.confirm("Delete them?", default=False, err=True):
+            err.print("nothing deleted")
+            raise typer.Exit(1)
+    deleted = reset_profile(folder)
+    err.print(f"deleted {len(deleted)} file(s); the profile is gone")
+
+
+@app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash | zsh | fish")],
+) -> None:
+    """Print the shell completion script, e.g. `agent completion bash >> ~/.bashrc`."""
+    # typer vendors its own click; its completion scripts match the `_AGENT_COMPLETE` protocol its runtime answers
+    from typer._completion_shared import get_completion_script
+
+    if shell not in ("bash", "zsh", "fish"):
+        err.print(f"Unknown shell {shell!r}: choose bash, zsh or fish.")
+        raise typer.Exit(2)
+    sys.stdout.write(get_completion_script(prog_name="agent", complete_var="_AGENT_COMPLETE", shell=shell) + "\n")
 
 
 @app.command()
@@ -171,116 +567,68 @@ def demo(
     rounds: Annotated[int, typer.Option(help="Federated rounds to run.")] = 20,
     user: Annotated[str, typer.Option(help="Which ML-100K user to become afterwards.")] = "1",
 ) -> None:
-    """Run a short federation of all ML-100K users as agents, then show one agent's ten suggestions."""
+    """Run a short federation of all ML-100K users as agents, then become one of them (TUI, or print suggestions)."""
     from dataclasses import replace
 
     from models.evaluate import FederatedConfig, train_federated
-    from models.retrieval import save_params, save_private
     from models.split import make_loo_split
 
-    try:
-        dataset, vectors = _load_ml100k_with_vectors()
-        split = make_loo_split(dataset, seed=0)
-        config = replace(FederatedConfig(), rounds=rounds)
-        err.print(f"Federated training: {len(split.users)} agents (ML-100K users), {rounds} rounds")
-        with _progress() as bar:
-            task = bar.add_task("federated rounds", total=rounds, status="")
+    with _open_store() as store:
+        own = [i for i in store.interactions() if i.source != "demo"]
+        if own:
+            _fail(
+                ProfileError(
+                    f"This profile has {len(own)} interactions of your own; the demo would mix its user into them.",
+                    hint="Run the demo with another PERSONA_HOME, e.g. `PERSONA_HOME=/tmp/persona-demo agent demo`.",
+                )
+            )
+        try:
+            dataset, vectors = _load_ml100k_with_vectors()
+            if user not in dataset.interactions.user_ids:
+                raise ProfileError(f"ML-100K has no user {user!r}.", hint="Users are numbered 1 to 943.")
+            split = make_loo_split(dataset, seed=0)
+            config = replace(FederatedConfig(), rounds=rounds)
+            err.print(f"Federated training: {len(split.users)} agents (ML-100K users), {rounds} rounds")
+            with _progress() as bar:
+                task = bar.add_task("federated rounds", total=rounds, status="")
 
-            def on_progress(_kind: str, info: dict[str, Any]) -> None:
-                status = f"valid HR@10 {info['valid_HR@10']:.3f} NDCG@10 {info['valid_NDCG@10']:.3f}"
-                bar.update(task, advance=1, status=status)
+                def on_progress(_kind: str, info: dict[str, Any]) -> None:
+                    status = f"valid HR@10 {info['valid_HR@10']:.3f} NDCG@10 {info['valid_NDCG@10']:.3f}"
+                    bar.update(task, advance=1, status=status)
 
-            model = train_federated(split, vectors, config=config, progress=on_progress)
-        assert model.shared is not None
-        user_index = dataset.interactions.user_ids.index(user)
-        folder = _model_dir()
-        save_params(folder / "shared_first_stage.npz", model.shared, meta={"catalog": dataset.catalog.name})
-        private = model.privates.get(user_index) if model.privates else None
-        if private is not None:
-            save_private(folder / "private_first_stage.npy", private)
-        history = [dataset.catalog.item_ids[i] for i in dataset.interactions.sequences()[user_index]]
-        from models.assets import atomic_write_bytes
-
-        atomic_write_bytes(folder / "history.json", json.dumps({"user": user, "items": history}).encode())
-        err.print(
-            f"Selected round {model.selected['round']} by validation NDCG@10 {model.selected['valid_NDCG@10']:.3f}"
-        )
-    except PersonaError as error:
-        _fail(error)
-        return
-    suggest(n=10, as_json=False)
-
-
-@app.command()
-def suggest(
-    n: Annotated[int, typer.Option("-n", help="How many suggestions.")] = 10,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Suggest items for this profile from the first-stage scorer (never imports torch)."""
-    from models.encoder import ItemEncoder, embed_catalog
-    from models.movielens import load_ml100k
-    from models.retrieval import FirstStageScorer, PrivateParams, load_params, load_private
-
-    folder = _model_dir()
-    shared_path = folder / "shared_first_stage.npz"
-    if not shared_path.is_file():
-        _fail(PersonaError("No trained model yet.", hint="Run scripts/demo (or `agent demo`) first."))
-    try:
-        shared, _meta = load_params(shared_path)
-        dataset = load_ml100k()
-        catalog = dataset.catalog
-        vectors = embed_catalog(catalog, ItemEncoder(), paths.cache_dir() / "embeddings")
-        private_path = folder / "private_first_stage.npy"
-        private = load_private(private_path) if private_path.is_file() else PrivateParams.init(shared.dim)
-        history_doc = json.loads((folder / "history.json").read_text())
-    except PersonaError as error:
-        _fail(error)
-        return
-    import numpy as np
-
-    history = np.array([catalog.index[i] for i in history_doc["items"]], dtype=np.int64)
-    scorer = FirstStageScorer(shared, vectors)
-    top = scorer.top_k(history, private, n)
-    scores = scorer.score_items(history, private, top)
-    weights = scorer.history_weights(history)
-    recent = history[-len(weights) :] if len(weights) else history[:0]
-    items = []
-    for item, score in zip(top, scores, strict=True):
-        # the history item whose vector, weighted by recency, pulls hardest toward this suggestion
-        pulls = weights * (scorer.item_vectors[recent] @ scorer.item_vectors[item]) if len(recent) else np.zeros(0)
-        because = catalog.label(int(recent[int(np.argmax(pulls))])) if len(pulls) else ""
-        shared_tags = [
-            t for t in catalog.tags[item] if len(recent) and t in catalog.tags[int(recent[int(np.argmax(pulls))])]
-        ]
-        reason = f"because you watched {because}" if because else "popular with people like you"
-        if shared_tags:
-            reason += f" ({', '.join(shared_tags[:2])})"
-        items.append(
-            {
-                "item": catalog.item_ids[item],
-                "title": catalog.titles[item],
-                "year": catalog.years[item],
-                "tags": catalog.tags[item],
-                "score": round(float(score), 4),
-                "reason": reason,
-            }
-        )
-    if as_json:
-        _emit_json({"user": history_doc.get("user"), "suggestions": items})
-        return
-    table = Table(title=f"Suggestions for user {history_doc.get('user')}")
-    for col in ("#", "title", "year", "tags", "score", "why"):
-        table.add_column(col)
-    for rank, row in enumerate(items, 1):
-        table.add_row(
-            str(rank),
-            row["title"],
-            str(row["year"] or ""),
-            ", ".join(row["tags"][:3]),
-            f"{row['score']:.2f}",
-            row["reason"],
-        )
-    out.print(table)
+                model = train_federated(split, vectors, config=config, progress=on_progress)
+            assert model.shared is not None
+            selected = model.selected["round"]
+            store.save_shared(
+                model.shared, version=f"demo-federated-r{selected}", meta={"catalog": dataset.catalog.name}
+            )
+            user_index = dataset.interactions.user_ids.index(user)
+            mine = dataset.interactions.users == user_index
+            store.delete_interactions_from("demo")
+            store.add_interactions(
+                [
+                    (dataset.catalog.name, dataset.catalog.item_ids[int(i)], "rating", float(r), int(t), "demo")
+                    for i, r, t in zip(
+                        dataset.interactions.items[mine],
+                        dataset.interactions.ratings[mine],
+                        dataset.interactions.timestamps[mine],
+                        strict=True,
+                    )
+                ]
+            )
+            private = model.privates.get(user_index) if model.privates else None
+            if private is not None:
+                store.save_private(private, meta={"catalog": dataset.catalog.name, "source": "demo federation"})
+            store.set_meta("demo_user", user)
+            err.print(f"Selected round {selected} by validation NDCG@10 {model.selected['valid_NDCG@10']:.3f}")
+            err.print(f"You are now ML-100K user {user} ({int(mine.sum())} ratings) in {store.folder}")
+        except PersonaError as error:
+            _fail(error)
+            return
+    if sys.stdout.isatty() and sys.stdin.isatty():
+        _run_tui()
+    else:
+        suggest(n=10, query=None, as_json=False)
 
 
 def main() -> None:

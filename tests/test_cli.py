@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli import app
-from agent.paths import data_dir
+from agent.store import ProfileStore
 from models.movielens import load_ml100k
-from models.retrieval import SharedParams, save_params
+from models.retrieval import SharedParams
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
@@ -65,18 +65,19 @@ def test_paths_json_honours_persona_home(isolated_persona_home: Path) -> None:
     assert found["data"].startswith(str(isolated_persona_home))
 
 
-def test_suggest_without_a_model_says_what_to_do() -> None:
+def test_suggest_without_feedback_says_what_to_do() -> None:
     result = runner.invoke(app, ["suggest"])
     assert result.exit_code == 1
-    assert "scripts/demo" in result.output
+    assert "agent rate" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_suggest_path_never_imports_torch() -> None:
     dataset = load_ml100k()
-    folder = data_dir() / "models"
-    save_params(folder / "shared_first_stage.npz", SharedParams.init(len(dataset.catalog)))
     history = [dataset.catalog.item_ids[i] for i in dataset.interactions.sequences()[0]]
-    (folder / "history.json").write_text(json.dumps({"user": "1", "items": history}))
+    with ProfileStore.open() as store:
+        store.save_shared(SharedParams.init(len(dataset.catalog)), version="test", meta={"catalog": "ml-100k"})
+        store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(history)])
     code = (
         "import sys, json\n"
         "from agent.cli import app\n"

@@ -1,0 +1,129 @@
+"""The local training worker: ``python -m agent.worker train`` retrains the private adapter, in its own process.
+
+The app (CLI and TUI) never imports torch; it runs this module as a subprocess (:func:`agent.jobs.run_training`).
+The private first-stage vector θ_u is trained from zero, with the shared adapter frozen (learning rate 0 for θ_g),
+on the person's own feedback only, so a forgotten item leaves no trace in it:
+
+* next-item prediction over the liked items in time order (sampled softmax, as ``models.training`` does for
+  federated agents), with every disliked item added to each example's candidates as a hard negative;
+* a pairwise term that ranks each disliked item below random items;
+* an L2 penalty on θ_u (the Ψ(φ_u) of the objective).
+
+The new vector is written through :class:`agent.store.ProfileStore` (new file, then the row switch), so a crash
+leaves the previous adapter. The result is one JSON object on stdout; errors go to stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.errors import ProfileError
+from agent.profile import Profile
+from agent.store import PRIVATE_FIRST_STAGE, ProfileStore
+from models.errors import PersonaError
+from models.retrieval import FirstStageScorer, IntArray, PrivateParams
+
+
+@dataclass(frozen=True)
+class PrivateTrainConfig:
+    """Hyper-parameters of the private-only step."""
+
+    steps: int = 80
+    lr: float = 0.05
+    l2: float = 1e-2
+    n_negatives: int = 100
+    seed: int = 0
+
+
+def train_private(
+    scorer: FirstStageScorer, liked: IntArray, disliked: IntArray, config: PrivateTrainConfig = PrivateTrainConfig()
+) -> tuple[PrivateParams, int, float]:
+    """θ_u trained from zero on this feedback with θ_g frozen: (params, number of examples, final loss)."""
+    import torch
+
+    torch.set_num_threads(1)
+    n_items, dim = scorer.item_vectors.shape
+    zero = PrivateParams.init(dim)
+    n = len(liked)
+    if n == 0 and len(disliked) == 0:
+        return zero, 0, 0.0
+    items = torch.from_numpy(scorer.item_vectors)
+    bias = torch.from_numpy(scorer.item_bias)
+    pooled_np = np.stack([scorer.user_state(liked[:t], zero) for t in range(n)]) if n else np.zeros((0, dim))
+    pooled = torch.from_numpy(pooled_np.astype(np.float32))
+    final_state = torch.from_numpy(scorer.user_state(liked, zero))
+    targets = torch.from_numpy(np.asarray(liked, dtype=np.int64))
+    hard = torch.from_numpy(np.asarray(disliked, dtype=np.int64))
+    in_liked = torch.zeros(n_items, dtype=torch.bool)
+    in_liked[targets] = True
+    user = torch.zeros(dim, requires_grad=True)
+    optimizer = torch.optim.Adam([user], lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_value = 0.0
+    for _ in range(config.steps):
+        loss = config.l2 * (user * user).sum()
+        negatives = torch.randint(0, n_items, (max(n, 1), config.n_negatives), generator=generator)
+        if n:
+            cand = torch.cat([targets[:, None], hard[None, :].expand(n, -1), negatives], 1)
+            scores = ((pooled + user)[:, None, :] * items[cand]).sum(-1) + bias[cand]
+            blocked = torch.cat([torch.zeros(n, 1 + len(hard), dtype=torch.bool), in_liked[negatives]], 1)
+            scores = scores.masked_fill(blocked, -1e9)
+            loss = loss + torch.nn.functional.cross_entropy(scores, torch.zeros(n, dtype=torch.long))
+        if len(hard):
+            state = final_state + user
+            bad = items[hard] @ state + bias[hard]
+            random_items = negatives[0]
+            good = items[random_items] @ state + bias[random_items]
+            loss = loss + torch.nn.functional.softplus(bad[:, None] - good[None, :]).mean()
+        optimizer.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        loss_value = float(loss.detach())
+    vector = user.detach().numpy().astype(np.float32, copy=True)
+    return PrivateParams(user_vector=vector), n + len(disliked), loss_value
+
+
+def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrainConfig()) -> dict[str, float | int]:
+    """Retrain and store this profile's private adapter; returns what the run did."""
+    started = time.perf_counter()
+    profile = Profile.load(store)
+    liked, disliked = profile.feedback()
+    private, n_examples, loss = train_private(profile.scorer, liked, disliked, config)
+    seconds = time.perf_counter() - started
+    store.save_private(
+        private, meta={"catalog": profile.catalog.name, "shared_version": profile.shared_meta["version"]}
+    )
+    store.record_training(adapter=PRIVATE_FIRST_STAGE, n_examples=n_examples, mean_loss=loss, seconds=seconds)
+    return {
+        "n_examples": n_examples,
+        "loss": round(loss, 5),
+        "seconds": round(seconds, 3),
+        "norm": round(float(np.linalg.norm(private.user_vector)), 5),
+    }
+
+
+def main(argv: list[str]) -> int:
+    """``train``: retrain the private adapter of the profile in the data folder (PERSONA_HOME honoured)."""
+    if argv != ["train"]:
+        print("usage: python -m agent.worker train", file=sys.stderr)
+        return 2
+    try:
+        if ProfileStore.is_encrypted_at() and not os.environ.get("PERSONA_PASSPHRASE"):
+            raise ProfileError("The training worker needs PERSONA_PASSPHRASE for an encrypted profile.")
+        with ProfileStore.open(passphrase=os.environ.get("PERSONA_PASSPHRASE")) as store:
+            result = train_profile(store)
+    except PersonaError as error:
+        print(f"{error.title}: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
