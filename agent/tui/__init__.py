@@ -1,0 +1,1 @@
+"""The Textual TUI of the agent (``agent`` with no command)."""

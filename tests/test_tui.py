@@ -1,0 +1,198 @@
+"""The TUI, driven headless with Textual's Pilot against a real store, the real catalog and its real vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+
+from agent.settings import Settings
+from agent.store import ProfileStore, profile_files
+from agent.tui.app import PersonaApp
+from agent.tui.screens import (
+    ConfirmScreen,
+    OnboardingScreen,
+    ProfileScreen,
+    SuggestionsScreen,
+    SyncScreen,
+    WhyScreen,
+)
+
+pytestmark = [pytest.mark.usefixtures("warm_embedding_cache"), pytest.mark.asyncio]
+SIZE = (100, 30)
+ANIMATED = ["1", "95", "71"]  # Toy Story, Aladdin, The Lion King
+
+
+async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], steps: int = 400) -> None:
+    """Let the app run until ``condition`` holds (bounded by steps, not by a time limit)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await pilot.pause(0.025)
+    raise AssertionError(f"condition never became true; screen {pilot.app.screen!r}, focus {pilot.app.focused!r}")
+
+
+def has(app: PersonaApp, selector: str) -> bool:
+    """True once the current screen has composed a widget matching ``selector``."""
+    return bool(app.screen.query(selector))
+
+
+def seed(*likes: str) -> None:
+    with ProfileStore.open() as store:
+        store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(likes)])
+
+
+def no_training() -> Settings:
+    return Settings(retrain_after_feedback=False)
+
+
+def suggested(app: PersonaApp) -> list[str]:
+    screen = app.screen
+    assert isinstance(screen, SuggestionsScreen)
+    return [s.item_id for s in screen.suggestions]
+
+
+async def test_first_run_onboarding_then_three_likes_give_suggestions_that_follow_them() -> None:
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, OnboardingScreen) and has(app, "#search"))
+        for title in ("toy story", "aladdin", "lion king"):
+            search = app.screen.query_one("#search")
+            search.value = ""  # type: ignore[attr-defined]
+            search.focus()
+            await pilot.press(*title)
+            await pilot.press("enter")  # to the results table
+            await pilot.press("l")
+        with ProfileStore.open() as store:
+            assert sorted(i.item_id for i in store.interactions()) == sorted(ANIMATED)
+            assert {i.source for i in store.interactions()} == {"onboarding"}
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        screen = app.screen
+        assert isinstance(screen, SuggestionsScreen)
+        top = screen.suggestions[:10]
+        assert not {s.item_id for s in top} & set(ANIMATED)
+        family = [s for s in top if {"Children's", "Animation"} & set(s.tags)]
+        assert len(family) >= 5, [s.title for s in top]  # base rate in the catalog is about 8 %
+        assert all(s.reason for s in top)
+
+
+async def test_like_and_dislike_update_the_store_and_the_next_suggestions() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        first = suggested(app)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: suggested(app) != first)
+        assert first[0] not in suggested(app)
+        second = suggested(app)
+        await pilot.press("l")
+        await wait_for(pilot, lambda: suggested(app) != second)
+        assert second[0] not in suggested(app)
+    with ProfileStore.open() as store:
+        latest = store.latest_feedback("ml-100k")
+    assert latest[first[0]].kind == "dislike" and latest[second[0]].kind == "like"
+
+
+async def test_why_screen_lists_the_history_behind_a_suggestion() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, WhyScreen) and has(app, "#why-history"))
+        table = app.screen.query_one("#why-history", DataTable)
+        labels = {str(table.get_row_at(r)[0]) for r in range(table.row_count)}
+        assert labels == {"Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)"}
+        await pilot.press("escape")
+        assert isinstance(app.screen, SuggestionsScreen)
+
+
+async def test_remapped_like_key_from_the_config() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=Settings(retrain_after_feedback=False, keys={"suggestions.like": "k"}))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        chosen = suggested(app)[0]
+        await pilot.press("k")
+        await wait_for(pilot, lambda: chosen not in suggested(app))
+    with ProfileStore.open() as store:
+        assert store.latest_feedback("ml-100k")[chosen].kind == "like"
+
+
+async def test_like_retrains_the_private_adapter_in_a_worker_process() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=Settings(retrain_after_feedback=True))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("l")
+        await wait_for(pilot, lambda: app.profile is not None and app.profile.store.last_training() is not None, 2000)
+        assert app.profile is not None and app.profile.store.load_private() is not None
+
+
+async def test_profile_screen_reset_needs_confirmation_and_then_deletes_everything() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen) and has(app, "#profile-summary"))
+        text = str(app.screen.query_one("#profile-summary").render())
+        assert "3 interactions" in text and "3 liked" in text
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and has(app, "#confirm-yes"))
+        await pilot.click("#confirm-no")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen))
+        assert profile_files()
+        await pilot.press("ctrl+r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen) and has(app, "#confirm-yes"))
+        await pilot.click("#confirm-yes")
+        await wait_for(pilot, lambda: isinstance(app.screen, OnboardingScreen))
+    with ProfileStore.open() as store:
+        assert store.interactions() == []
+
+
+async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() -> None:
+    seed(*ANIMATED)
+    with ProfileStore.open() as store:
+        store.append_egress(
+            {
+                "round": 7,
+                "bytes_sent": 5120,
+                "bytes_received": 70000,
+                "clip": 1.0,
+                "sigma": 0.9,
+                "cohort": 25,
+                "epsilon": 1.5,
+            }
+        )
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, SyncScreen) and has(app, "#ledger"))
+        status = str(app.screen.query_one("#sync-status").render())
+        assert "Coordinator not configured" in status and "ε so far 1.5" in status
+        ledger = app.screen.query_one("#ledger", DataTable)
+        assert ledger.row_count == 1 and str(ledger.get_row_at(0)[1]) == "7"
+        await pilot.press("n")  # sync now: a warning, not a crash
+        await pilot.pause()
+        assert isinstance(app.screen, SyncScreen)
+
+
+async def test_snapshot_of_the_suggestions_screen_at_a_pinned_size() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.pause()
+        svg = app.export_screenshot()
+        screen = app.screen
+        assert isinstance(screen, SuggestionsScreen)
+    assert 'viewBox="0 0' in svg
+    for text in ("Persona", "title", "reason", "Like", "Dislike", "Why?", "Profile", "Sync"):
+        assert text.replace("'", "&#x27;") in svg, text
+    assert screen.suggestions[0].title.split()[0] in svg
