@@ -116,6 +116,9 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the split's negatives and of training.")] = 0,
     rounds: Annotated[int | None, typer.Option(help="Federated rounds (default: the tuned value).")] = None,
     epochs: Annotated[int | None, typer.Option(help="Central training epochs (default: the tuned value).")] = None,
+    via_sync: Annotated[
+        bool, typer.Option("--via-sync", help="Train federated through a local coordinator and the real protocol.")
+    ] = False,
 ) -> None:
     """Measure a model on MovieLens-100K with a leak-free protocol; model selection uses validation only."""
     from dataclasses import replace
@@ -143,7 +146,9 @@ def eval_command(
         if epochs is not None:
             central = replace(central, epochs=epochs)
         total = federated.rounds if model == "federated" else central.epochs if model == "central" else 1
-        with _progress() as bar:
+        from agent.cli_sync import sync_aggregator, sync_summary
+
+        with _progress() as bar, sync_aggregator(via_sync, split, seed, federated.server_lr) as aggregator:
             task = bar.add_task(f"{model} on ml-100k", total=total, status="")
 
             def on_progress(kind: str, info: dict[str, Any]) -> None:
@@ -151,8 +156,17 @@ def eval_command(
                 bar.update(task, advance=1, status=f"{kind} valid HR@10 {hr:.3f} NDCG@10 {ndcg:.3f}")
 
             result = evaluate(
-                model, protocol, split, vectors, federated=federated, central=central, progress=on_progress
+                model,
+                protocol,
+                split,
+                vectors,
+                federated=federated,
+                central=central,
+                aggregator=aggregator,
+                progress=on_progress,
             )
+            if aggregator is not None:
+                result["sync"] = sync_summary(aggregator)
     except PersonaError as error:
         _fail(error)
         return
@@ -205,7 +219,6 @@ def _open_profile(store: ProfileStore) -> Profile:
     try:
         return Profile.load(store)
     except PersonaError as error:
-        store.close()
         _fail(error)
 
 

@@ -1,0 +1,398 @@
+"""The coordinator's ASGI app (Starlette, served by uvicorn): HTTP in, :class:`Coordinator` calls, JSON out.
+
+Every refusal is a 4xx JSON body ``{"error": REASON, "detail": TEXT}`` where REASON is machine-readable:
+``malformed_json``, ``unsupported_content_type``, ``body_too_large``, ``invalid_body``, ``wrong_vector_length``,
+``wrong_round``, ``wrong_stage``, ``late_submission``, ``round_abandoned``, ``unknown_agent``, ``missing_signature``,
+``bad_signature``, ``replayed_nonce``, ``not_in_cohort``, ``already_submitted``, ``cohort_full``, ...
+A refused request changes nothing but the agent's nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from sync.coordinator.service import Coordinator, Rejection
+from sync.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, stage_index
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, reason: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": reason, "detail": detail}, status_code=status)
+
+
+async def _body(request: Request, limit: int, content_type: str) -> bytes:
+    given = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if given != content_type:
+        raise Rejection(415, "unsupported_content_type", f"expected {content_type}, got {given or 'none'}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Rejection(413, "body_too_large", f"body of {declared} bytes exceeds the limit of {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise Rejection(400, "malformed_json", str(error)) from error
+    if not isinstance(doc, dict):
+        raise Rejection(400, "invalid_body", "the body must be a JSON object")
+    return doc
+
+
+def _field(doc: dict[str, Any], name: str, kind: type) -> Any:
+    value = doc.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Rejection(400, "invalid_body", f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _bytes_field(doc: dict[str, Any], name: str) -> bytes:
+    try:
+        return b64d(_field(doc, name, str))
+    except ValueError as error:
+        raise Rejection(400, "invalid_body", f"field {name!r} is not base64") from error
+
+
+def _bytes_map(doc: dict[str, Any], name: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for key, value in _field(doc, name, dict).items():
+        try:
+            out[str(key)] = b64d(value) if isinstance(value, str) else b""
+        except ValueError:
+            out[str(key)] = b""
+        if not out[str(key)]:
+            raise Rejection(400, "invalid_body", f"field {name!r} must map agent ids to non-empty base64 strings")
+    return out
+
+
+def _signer(request: Request) -> tuple[str, int, bytes]:
+    agent = request.headers.get("x-agent-id")
+    nonce = request.headers.get("x-nonce", "")
+    signature = request.headers.get("x-signature")
+    if not agent or not signature or not nonce.isdigit():
+        raise Rejection(401, "missing_signature", "x-agent-id, x-nonce and x-signature headers are required")
+    try:
+        return agent, int(nonce), b64d(signature)
+    except ValueError as error:
+        raise Rejection(401, "bad_signature", "x-signature is not base64") from error
+
+
+def _signed_path(request: Request) -> str:
+    query = request.url.query
+    return request.url.path + (f"?{query}" if query else "")
+
+
+def _round_id(request: Request) -> int:
+    raw = request.path_params["round_id"]
+    return int(raw)
+
+
+def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlette:
+    """The ASGI app around one :class:`Coordinator`; a background task closes stages at their deadlines."""
+    limit = coordinator.config.body_limit(coordinator.vector_size)
+    changed: dict[str, asyncio.Event] = {}
+
+    def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return anyio.to_thread.run_sync(lambda: fn(*args))
+
+    async def authed(request: Request, content_type: str | None) -> tuple[str, bytes]:
+        body = await _body(request, limit, content_type) if content_type else await request.body()
+        agent, nonce, signature = _signer(request)
+        await call(coordinator.authenticate, agent, nonce, signature, request.method, _signed_path(request), body)
+        return agent, body
+
+    def guarded(handler: Handler) -> Handler:
+        async def wrapper(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Rejection as rejection:
+                return _error(rejection.status, rejection.reason, rejection.detail)
+
+        return wrapper
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def status(_request: Request) -> Response:
+        def read() -> dict[str, Any]:
+            with coordinator.lock:
+                coordinator.tick()
+                row = coordinator._active()
+                latest = coordinator.latest()
+                body: dict[str, Any] = {"published_version": latest.version, "published_sha256": latest.sha256}
+                last = coordinator.db.execute("SELECT MAX(round_id) FROM rounds").fetchone()[0]
+                rid = int(row["round_id"]) if row is not None else last
+                body["round"] = coordinator.round_info(int(rid)) if rid is not None else None
+                return body
+
+        return JSONResponse(await call(read))
+
+    async def coordinator_key(_request: Request) -> Response:
+        return JSONResponse({"public_key": b64e(coordinator.public_key)})
+
+    async def register(request: Request) -> Response:
+        body = await _body(request, limit, JSON_TYPE)
+        agent, nonce, signature = _signer(request)
+        key = _bytes_field(_json(body), "public_key")
+        message = request_message(request.method, _signed_path(request), nonce, body)
+        agent_id = await call(coordinator.register, key, agent, nonce, signature, message)
+        return JSONResponse({"agent_id": agent_id}, status_code=201)
+
+    async def shared(_request: Request) -> Response:
+        latest = await call(coordinator.latest)
+        return JSONResponse(
+            {
+                "version": latest.version,
+                "sha256": latest.sha256,
+                "signature": b64e(latest.signature),
+                "round_id": latest.round_id,
+                "size": coordinator.vector_size,
+                "public_key": b64e(coordinator.public_key),
+            }
+        )
+
+    async def shared_blob(request: Request) -> Response:
+        blob = await call(coordinator.blob, int(request.path_params["version"]))
+        return Response(blob, media_type=BINARY_TYPE)
+
+    async def current(_request: Request) -> Response:
+        return JSONResponse(await call(coordinator.current_round))
+
+    async def round_info(request: Request) -> Response:
+        round_id = _round_id(request)
+        wait = request.query_params.get("wait")
+        if wait is not None and wait not in STAGES:
+            raise Rejection(400, "invalid_query", f"wait must be one of {', '.join(STAGES)}")
+        try:
+            timeout = min(30.0, max(0.0, float(request.query_params.get("timeout", "0"))))
+        except ValueError as error:
+            raise Rejection(400, "invalid_query", "timeout must be a number") from error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            event = changed.setdefault("event", asyncio.Event())
+            info = await call(coordinator.round_info, round_id)
+            if wait is None or stage_index(info["stage"]) >= stage_index(wait) or loop.time() >= deadline:
+                return JSONResponse(info)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(1.0, deadline - loop.time()))
+
+    async def advertise(request: Request) -> Response:
+        agent, body = await authed(request, JSON_TYPE)
+        doc = _json(body)
+        await call(
+            coordinator.advertise,
+            _round_id(request),
+            agent,
+            _bytes_field(doc, "c_pk"),
+            _bytes_field(doc, "s_pk"),
+            _bytes_field(doc, "signature"),
+        )
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def setup(request: Request) -> Response:
+        agent, _ = await authed(request, None)
+        round_setup, peers = await call(coordinator.setup, _round_id(request), agent)
+        q = round_setup.quantization
+        return JSONResponse(
+            {
+                "round_id": round_setup.round_id,
+                "cohort": list(round_setup.cohort),
+                "seed": b64e(round_setup.seed),
+                "degree": round_setup.degree,
+                "threshold": round_setup.threshold,
+                "min_survivors": round_setup.min_survivors,
+                "vector_size": round_setup.vector_size,
+                "quantization": {"bits": q.bits, "levels": q.levels, "bound": q.bound},
+                "neighbours": [
+                    {
+                        "agent_id": p.agent_id,
+                        "identity_key": b64e(p.identity_key),
+                        "c_pk": b64e(p.c_pk),
+                        "s_pk": b64e(p.s_pk),
+                        "signature": b64e(p.signature),
+                    }
+                    for p in peers
+                ],
+            }
+        )
+
+    async def shares(request: Request) -> Response:
+        agent, body = await authed(request, JSON_TYPE)
+        await call(coordinator.post_shares, _round_id(request), agent, _bytes_map(_json(body), "shares"))
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def inbox(request: Request) -> Response:
+        agent, _ = await authed(request, None)
+        u2, found = await call(coordinator.inbox, _round_id(request), agent)
+        return JSONResponse({"u2": u2, "shares": {k: b64e(v) for k, v in found.items()}})
+
+    async def masked_input(request: Request) -> Response:
+        agent, body = await authed(request, BINARY_TYPE)
+        await call(coordinator.post_input, _round_id(request), agent, body)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def survivors(request: Request) -> Response:
+        agent, _ = await authed(request, None)
+        u2, u3 = await call(coordinator.survivors, _round_id(request), agent)
+        return JSONResponse({"u2": u2, "u3": u3})
+
+    async def unmask(request: Request) -> Response:
+        agent, body = await authed(request, JSON_TYPE)
+        doc = _json(body)
+        await call(
+            coordinator.post_unmask,
+            _round_id(request),
+            agent,
+            _bytes_map(doc, "self_mask_shares"),
+            _bytes_map(doc, "key_shares"),
+        )
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    async def aggregate(request: Request) -> Response:
+        total = await call(coordinator.unmasked_sum, _round_id(request))
+        return Response(total.astype("<i8").tobytes(), media_type=BINARY_TYPE)
+
+    async def openapi(_request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(tick_seconds)
+            await call(coordinator.tick)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+
+        def notify() -> None:
+            old = changed.get("event")
+            changed["event"] = asyncio.Event()
+            if old is not None:
+                old.set()
+
+        def on_change() -> None:
+            loop.call_soon_threadsafe(notify)
+
+        coordinator.on_change = on_change
+        task = asyncio.create_task(ticker())
+        try:
+            yield
+        finally:
+            task.cancel()
+            coordinator.on_change = lambda: None
+
+    routes = [
+        Route("/healthz", guarded(healthz)),
+        Route("/status", guarded(status)),
+        Route("/openapi.json", guarded(openapi)),
+        Route(f"{API}/coordinator", guarded(coordinator_key)),
+        Route(f"{API}/agents", guarded(register), methods=["POST"]),
+        Route(f"{API}/shared", guarded(shared)),
+        Route(f"{API}/shared/{{version:int}}", guarded(shared_blob)),
+        Route(f"{API}/round", guarded(current)),
+        Route(f"{API}/rounds/{{round_id:int}}", guarded(round_info)),
+        Route(f"{API}/rounds/{{round_id:int}}/advertise", guarded(advertise), methods=["POST"]),
+        Route(f"{API}/rounds/{{round_id:int}}/setup", guarded(setup)),
+        Route(f"{API}/rounds/{{round_id:int}}/shares", guarded(shares), methods=["POST"]),
+        Route(f"{API}/rounds/{{round_id:int}}/inbox", guarded(inbox)),
+        Route(f"{API}/rounds/{{round_id:int}}/input", guarded(masked_input), methods=["POST"]),
+        Route(f"{API}/rounds/{{round_id:int}}/survivors", guarded(survivors)),
+        Route(f"{API}/rounds/{{round_id:int}}/unmask", guarded(unmask), methods=["POST"]),
+        Route(f"{API}/rounds/{{round_id:int}}/aggregate", guarded(aggregate)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _op(summary: str, *, signed: bool = False, body: str | None = None, returns: str = JSON_TYPE) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {
+            "200": {"description": "OK", "content": {returns: {}}},
+            "4XX": {
+                "description": "Refused",
+                "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}},
+            },
+        },
+    }
+    if signed:
+        op["security"] = [{"agentSignature": []}]
+    if body:
+        op["requestBody"] = {"required": True, "content": {body: {}}}
+    return op
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Persona coordinator",
+        "version": "1",
+        "description": "Rounds of secure aggregation of clipped, noised, quantized, masked shared deltas.",
+    },
+    "paths": {
+        "/healthz": {"get": _op("Liveness")},
+        "/status": {"get": _op("Current round, cohort size, stage and deadlines; published version")},
+        f"{API}/coordinator": {"get": _op("The coordinator's Ed25519 public key")},
+        f"{API}/agents": {"post": _op("Register an Ed25519 identity key (signed by it)", signed=True, body=JSON_TYPE)},
+        f"{API}/shared": {"get": _op("Metadata of the newest published shared vector (sha256, signature)")},
+        f"{API}/shared/{{version}}": {
+            "get": _op("A published shared vector, float32 little-endian", returns=BINARY_TYPE)
+        },
+        f"{API}/round": {"get": _op("The open round (opens one when none is open)")},
+        f"{API}/rounds/{{round_id}}": {"get": _op("A round's public state; ?wait=STAGE&timeout=S long-polls")},
+        f"{API}/rounds/{{round_id}}/advertise": {
+            "post": _op("Join with signed X25519 round keys", signed=True, body=JSON_TYPE)
+        },
+        f"{API}/rounds/{{round_id}}/setup": {
+            "get": _op("Cohort, graph seed, quantization, neighbours' keys", signed=True)
+        },
+        f"{API}/rounds/{{round_id}}/shares": {
+            "post": _op("Encrypted Shamir shares, one per neighbour", signed=True, body=JSON_TYPE)
+        },
+        f"{API}/rounds/{{round_id}}/inbox": {"get": _op("U2 and the shares addressed to the caller", signed=True)},
+        f"{API}/rounds/{{round_id}}/input": {"post": _op("The packed masked vector", signed=True, body=BINARY_TYPE)},
+        f"{API}/rounds/{{round_id}}/survivors": {"get": _op("U2 and U3 for unmasking", signed=True)},
+        f"{API}/rounds/{{round_id}}/unmask": {
+            "post": _op("Revealed shares: self-mask of U3, key of U2∖U3", signed=True, body=JSON_TYPE)
+        },
+        f"{API}/rounds/{{round_id}}/aggregate": {
+            "get": _op("The unmasked integer sum of a finished round (int64 LE)", returns=BINARY_TYPE)
+        },
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "detail"],
+                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+            }
+        },
+        "securitySchemes": {
+            "agentSignature": {
+                "type": "apiKey",
+                "in": "header",
+                "name": "x-signature",
+                "description": "Ed25519 over persona-request|METHOD|PATH|NONCE|SHA256(BODY); with x-agent-id, x-nonce",
+            }
+        },
+    },
+}

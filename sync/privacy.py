@@ -1,0 +1,101 @@
+"""Privacy on the agent: clipping, weighting, Gaussian noise, and the (ε, δ) accountant.
+
+What one agent contributes to a round is the joint vector ``x = (w · clip_C(Δ), w · C)``:
+
+* ``clip_C(Δ)`` scales the whole shared delta down to L2 norm at most ``C``;
+* ``w = min(n_u, weight_cap) / weight_cap`` ∈ (0, 1] is the agent's weight, its number of training examples
+  capped and normalised, so weighting can only *shrink* a contribution: ``‖w · clip_C(Δ)‖ ≤ C`` and the weight
+  element ``w · C ≤ C``. Hence ``‖x‖ ≤ √2 · C`` whatever n_u is — the L2 sensitivity of the cohort sum to adding or
+  removing one agent is ``S = √2 · C``;
+* each agent adds ``N(0, (σC)² / m)`` to every element, where ``m`` is the smallest number of survivors the
+  coordinator will ever unmask (the round's threshold): the unmasked sum therefore carries noise of standard
+  deviation at least ``σ · C`` on every element, dropouts included.
+
+The coordinator divides the first elements of the sum by the last (÷ C) to get the weighted mean delta. The
+release per round is a Gaussian mechanism with noise multiplier ``z = σC / S = σ / √2``; the accountant composes
+one such event per round the agent actually took part in (RDP, Google's ``dp-accounting``). No sampling
+amplification is claimed: cohorts are not Poisson-sampled.
+
+The noise comes from numpy's PCG64 seeded with 128 bits from :mod:`secrets` (fresh per contribution). Floating-point
+Gaussian samplers have known precision side channels; the quantization after noising coarsens them but this is not
+a discrete-Gaussian implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from dp_accounting import GaussianDpEvent
+from dp_accounting.rdp import RdpAccountant
+from numpy.typing import NDArray
+
+DEFAULT_DELTA = 1e-5
+
+
+@dataclass(frozen=True)
+class PrivacyParams:
+    """A round's clipping and noise settings, published by the coordinator and checked by each agent."""
+
+    clip: float = 1.0  # C: L2 bound of the shared delta
+    sigma: float = 0.5  # the unmasked sum carries N(0, (σC)²) on every element
+    weight_cap: float = 256.0  # n_u at or above this gets weight 1
+
+    @property
+    def noise_multiplier(self) -> float:
+        """Noise std over L2 sensitivity of the sum (σC / √2C): what the accountant composes."""
+        return self.sigma / math.sqrt(2.0)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One agent's prepared joint vector and what the ledger records about it."""
+
+    vector: NDArray[np.float64]  # (size + 1,): w·clip(Δ) then w·C, noise included
+    norm_before_clip: float
+    weight: float
+
+
+def clip(delta: NDArray[np.floating], bound: float) -> tuple[NDArray[np.float64], float]:
+    """``delta`` scaled to L2 norm at most ``bound``, and its norm before."""
+    d = np.asarray(delta, dtype=np.float64)
+    norm = float(np.linalg.norm(d))
+    return (d * (bound / norm) if norm > bound else d.copy()), norm
+
+
+def prepare_contribution(
+    delta: NDArray[np.floating], n_examples: float, params: PrivacyParams, *, noise_divisor: int
+) -> Contribution:
+    """Clip, weight, append the weight element and add this agent's share of the noise (see the module docstring)."""
+    if noise_divisor < 1:
+        raise ValueError("noise_divisor (the round's unmasking threshold) must be at least 1")
+    clipped, norm = clip(delta, params.clip)
+    weight = min(max(float(n_examples), 0.0), params.weight_cap) / params.weight_cap
+    joint = np.concatenate([weight * clipped, [weight * params.clip]])
+    if params.sigma > 0:
+        rng = np.random.default_rng(secrets.randbits(128))
+        joint += rng.normal(0.0, params.sigma * params.clip / math.sqrt(noise_divisor), size=joint.shape)
+    return Contribution(vector=joint, norm_before_clip=norm, weight=weight)
+
+
+def weighted_mean(joint_sum: NDArray[np.floating], clip_bound: float) -> NDArray[np.float32] | None:
+    """The weighted mean delta from the unmasked joint sum, or None when the (noised) total weight is not positive."""
+    total_weight = float(joint_sum[-1]) / clip_bound
+    if total_weight <= 1e-9:
+        return None
+    return (np.asarray(joint_sum[:-1], dtype=np.float64) / total_weight).astype(np.float32)
+
+
+def epsilon(noise_multipliers: Iterable[float], delta: float = DEFAULT_DELTA) -> float:
+    """ε after composing one Gaussian mechanism per round taken part in (RDP accountant); 0 for no rounds."""
+    accountant = RdpAccountant()
+    count = 0
+    for z in noise_multipliers:
+        if z <= 0:
+            return math.inf
+        accountant.compose(GaussianDpEvent(z))
+        count += 1
+    return float(accountant.get_epsilon(delta)) if count else 0.0
