@@ -72,11 +72,11 @@ def bootstrap_shared(text_vectors: FloatArray, *, dim: int = DEFAULT_DIM, window
     animated films, 10 of the top 10 are family films, against 2 with ``SharedParams.init``); residuals and
     biases are zero and pooling is uniform until the federation provides a trained adapter.
     """
-    centered = text_vectors - text_vectors.mean(axis=0, keepdims=True)
-    _, _, components = np.linalg.svd(centered, full_matrices=False)
+    centered = (text_vectors - text_vectors.mean(axis=0, keepdims=True)).astype(np.float64)
+    variances, directions = np.linalg.eigh(centered.T @ centered)  # the text dim is small: cheaper than an SVD
+    k = min(dim, directions.shape[1])
     proj = np.zeros((text_vectors.shape[1], dim), dtype=np.float32)
-    k = min(dim, components.shape[0])
-    proj[:, :k] = components[:k].T
+    proj[:, :k] = directions[:, np.argsort(-variances)[:k]]
     n_items = text_vectors.shape[0]
     return SharedParams(
         text_proj=proj,

@@ -217,6 +217,7 @@ class ProfileStore:
         self._cipher = cipher
         self._lock = threading.RLock()
         self._lock_depth = 0
+        self._closed = False
         self._loaded_stamp: tuple[int, int] | None = self._disk_stamp()
 
     # -- opening ---------------------------------------------------------------------------------------------
@@ -287,6 +288,9 @@ class ProfileStore:
     def close(self) -> None:
         """Close the database connection (a WAL checkpoint folds the WAL into the main file)."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if not self.encrypted:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()

@@ -63,10 +63,12 @@ def train_private(
     in_liked = torch.zeros(n_items, dtype=torch.bool)
     in_liked[targets] = True
     user = torch.zeros(dim, requires_grad=True)
-    optimizer = torch.optim.Adam([user], lr=config.lr)
+    # Adam by hand: torch.optim's first use imports torch._dynamo, seconds of start-up for one small vector.
+    moment1, moment2 = torch.zeros(dim), torch.zeros(dim)
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
     generator = torch.Generator().manual_seed(config.seed)
     loss_value = 0.0
-    for _ in range(config.steps):
+    for step in range(config.steps):
         loss = config.l2 * (user * user).sum()
         negatives = torch.randint(0, n_items, (max(n, 1), config.n_negatives), generator=generator)
         if n:
@@ -81,9 +83,15 @@ def train_private(
             random_items = negatives[0]
             good = items[random_items] @ state + bias[random_items]
             loss = loss + torch.nn.functional.softplus(bad[:, None] - good[None, :]).mean()
-        optimizer.zero_grad()
+        user.grad = None
         loss.backward()  # type: ignore[no-untyped-call]
-        optimizer.step()
+        assert user.grad is not None
+        with torch.no_grad():
+            moment1.mul_(beta1).add_(user.grad, alpha=1 - beta1)
+            moment2.mul_(beta2).addcmul_(user.grad, user.grad, value=1 - beta2)
+            corrected1 = moment1 / (1 - beta1 ** (step + 1))
+            corrected2 = moment2 / (1 - beta2 ** (step + 1))
+            user -= config.lr * corrected1 / (corrected2.sqrt() + eps)
         loss_value = float(loss.detach())
     vector = user.detach().numpy().astype(np.float32, copy=True)
     return PrivateParams(user_vector=vector), n + len(disliked), loss_value
