@@ -291,6 +291,10 @@ def suggest(
     """Suggest items from the first-stage scorer, each with a one-line reason (never imports torch)."""
     with _open_store() as store:
         profile = _open_profile(store)
+        try:
+            profile.query_weight = load_settings().query_weight
+        except PersonaError as error:
+            _fail(error)
         liked, _disliked = profile.feedback()
         if not len(liked) and not query:
             _fail(

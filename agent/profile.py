@@ -45,9 +45,9 @@ QUERY_WEIGHT = 1.0
 def load_catalog(store: ProfileStore, name: str) -> Catalog:
     """The catalog called ``name``: the built-in MovieLens-100K or one imported into this profile."""
     if name == BUILT_IN_CATALOG:
-        from models.movielens import load_ml100k
+        from models.movielens import load_ml100k_catalog
 
-        return load_ml100k().catalog
+        return load_ml100k_catalog()
     from models.catalog_io import read_catalog
 
     return read_catalog(store.catalog_file(name), name=name).value
@@ -89,8 +89,10 @@ def bootstrap_shared(text_vectors: FloatArray, *, dim: int = DEFAULT_DIM, window
 def shared_for(store: ProfileStore, catalog: Catalog, text_vectors: FloatArray) -> tuple[SharedParams, dict[str, Any]]:
     """The shared adapter to score ``catalog`` with, and its meta (``version``, ``catalog``, ``adapted``)."""
     stored = store.load_shared()
-    if stored is None:
-        return bootstrap_shared(text_vectors), {"version": BOOTSTRAP_VERSION, "catalog": catalog.name, "adapted": False}
+    if stored is None:  # computed once, then kept like any shared adapter until the federation sends one
+        bootstrap = bootstrap_shared(text_vectors)
+        record = store.save_shared(bootstrap, version=BOOTSTRAP_VERSION, meta={"catalog": catalog.name})
+        stored = bootstrap, record.meta
     shared, meta = stored
     if meta.get("catalog", BUILT_IN_CATALOG) == catalog.name and shared.n_items == len(catalog):
         return shared, {**meta, "adapted": False}
@@ -169,7 +171,15 @@ class Profile:
         self.shared_meta = shared_meta
         self.scorer = FirstStageScorer(shared, text_vectors)
         self._query_cache: dict[str, FloatArray] = {}
-        self._normalized = [normalize_title(t) for t in catalog.titles]
+        self.query_weight = QUERY_WEIGHT
+        self._normalized_titles: list[str] | None = None
+
+    @property
+    def _normalized(self) -> list[str]:
+        """Every title normalised for matching (computed on first use: suggestions do not need it)."""
+        if self._normalized_titles is None:
+            self._normalized_titles = [normalize_title(t) for t in self.catalog.titles]
+        return self._normalized_titles
 
     @classmethod
     def load(cls, store: ProfileStore, catalog_name: str | None = None) -> Profile:
@@ -213,7 +223,7 @@ class Profile:
         if query:
             q = self.query_vector(query)
             norm = float(np.linalg.norm(state))
-            scale = QUERY_WEIGHT * (norm if norm > 1e-6 else 1.0) / max(float(np.linalg.norm(q)), 1e-9)
+            scale = self.query_weight * (norm if norm > 1e-6 else 1.0) / max(float(np.linalg.norm(q)), 1e-9)
             state = state + scale * q
         return state
 

@@ -64,7 +64,7 @@ def load_settings(path: Path | None = None) -> Settings:
         ok = isinstance(value, expected) or (expected is float and isinstance(value, int))
         if isinstance(default, bool) != isinstance(value, bool) or not ok:
             raise ProfileError(
-                f"Setting {name!r} in {path} should be a {expected.__name__}, not {value!r}.",
+                f"Setting {name!r} in {path} must be of type {expected.__name__}, not {value!r}.",
                 hint="See `agent --help` or the README for the settings.",
             )
         if name == "keys" and not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):

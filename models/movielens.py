@@ -58,8 +58,8 @@ def _read_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def load_ml100k(folder: Path | None = None) -> Dataset:
-    """Load MovieLens-100K: 1,682 items in id order, 943 users, 100,000 ratings, and the user table."""
+def load_ml100k_catalog(folder: Path | None = None) -> Catalog:
+    """Only the MovieLens-100K catalog (1,682 items in id order), without reading the ratings."""
     folder = folder or require_ml100k()
     header, rows = _read_tsv(folder / "ml-100k.item")
     if header[:4] != ["item_id", "movie_title", "release_year", "class"]:
@@ -72,7 +72,13 @@ def load_ml100k(folder: Path | None = None) -> Dataset:
         titles.append(title)
         years.append(year)
         tags.append(genres)
-    catalog = Catalog(name="ml-100k", item_ids=ids, titles=titles, years=years, tags=tags)
+    return Catalog(name="ml-100k", item_ids=ids, titles=titles, years=years, tags=tags)
+
+
+def load_ml100k(folder: Path | None = None) -> Dataset:
+    """Load MovieLens-100K: 1,682 items in id order, 943 users, 100,000 ratings, and the user table."""
+    folder = folder or require_ml100k()
+    catalog = load_ml100k_catalog(folder)
 
     header, rows = _read_tsv(folder / "ml-100k.user")
     user_attributes = {row[0]: dict(zip(header[1:], row[1:], strict=False)) for row in rows}

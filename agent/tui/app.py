@@ -137,6 +137,7 @@ class PersonaApp(App[None]):
         self.call_from_thread(self._loaded, store, profile)
 
     def _loaded(self, store: ProfileStore, profile: Profile) -> None:
+        profile.query_weight = self.settings.query_weight
         self.store, self.profile = store, profile
         liked, _ = profile.feedback()
         if len(liked):
