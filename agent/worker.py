@@ -121,6 +121,7 @@ def main(argv: list[str]) -> int:
     if argv != ["train"]:
         print("usage: python -m agent.worker train", file=sys.stderr)
         return 2
+    os.nice(10)  # background work: the UI that started it keeps the CPU when both want it
     try:
         if ProfileStore.is_encrypted_at() and not os.environ.get("PERSONA_PASSPHRASE"):
             raise ProfileError("The training worker needs PERSONA_PASSPHRASE for an encrypted profile.")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
@@ -196,3 +201,29 @@ async def test_snapshot_of_the_suggestions_screen_at_a_pinned_size() -> None:
     for text in ("Persona", "title", "reason", "Like", "Dislike", "Why?", "Profile", "Sync"):
         assert text.replace("'", "&#x27;") in svg, text
     assert screen.suggestions[0].title.split()[0] in svg
+
+
+def test_the_tui_never_imports_torch(isolated_persona_home: Path) -> None:
+    seed(*ANIMATED)
+    code = textwrap.dedent(
+        """\
+        import asyncio, json, sys
+        from agent.settings import Settings
+        from agent.tui.app import PersonaApp
+
+        async def main() -> None:
+            app = PersonaApp(settings=Settings(retrain_after_feedback=False))
+            async with app.run_test(size=(100, 30)) as pilot:
+                while not app.painted.is_set():
+                    await pilot.pause(0.01)
+                await pilot.press("l")
+                await pilot.press("p")
+                await pilot.pause(0.2)
+            print(json.dumps({"torch": "torch" in sys.modules}))
+
+        asyncio.run(main())
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"torch": False}
