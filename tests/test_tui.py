@@ -19,6 +19,7 @@ from agent.tui.app import PersonaApp
 from agent.tui.screens import (
     ConfirmScreen,
     OnboardingScreen,
+    PassphraseScreen,
     ProfileScreen,
     SuggestionsScreen,
     SyncScreen,
@@ -227,3 +228,29 @@ def test_the_tui_never_imports_torch(isolated_persona_home: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"torch": False}
+
+
+async def test_command_palette_mirrors_the_cli_verbs() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: has(app, "CommandInput"))
+        await pilot.press(*"inspect")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen) and has(app, "#profile-summary"))
+
+
+async def test_encrypted_profile_asks_for_the_passphrase_and_survives_a_wrong_one() -> None:
+    with ProfileStore.create_encrypted(None, "open sesame") as store:
+        store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(ANIMATED)])
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PassphraseScreen) and has(app, "#passphrase-input"))
+        await pilot.press(*"wrong", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, PassphraseScreen) and has(app, "#passphrase-problem"))
+        assert "does not unlock" in str(app.screen.query_one("#passphrase-problem").render())
+        await pilot.press(*"open sesame", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))

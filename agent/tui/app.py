@@ -127,9 +127,8 @@ class PersonaApp(App[None]):
             store = ProfileStore.open(passphrase=self.passphrase)
             profile = Profile.load(store)
         except WrongPassphraseError as error:
-            self.call_from_thread(self.report, error)
             self.passphrase = None
-            self.call_from_thread(self.push_screen, PassphraseScreen(), self._got_passphrase)
+            self.call_from_thread(self.push_screen, PassphraseScreen(error.message), self._got_passphrase)
             return
         except Exception as error:
             self.call_from_thread(self.report, error)

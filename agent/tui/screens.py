@@ -261,10 +261,16 @@ class ErrorScreen(ModalScreen[None]):
 
 
 class PassphraseScreen(ModalScreen[str]):
-    """Asks for the passphrase of an encrypted profile."""
+    """Asks for the passphrase of an encrypted profile (after a wrong one, says so)."""
+
+    def __init__(self, problem: str = "") -> None:
+        super().__init__()
+        self.problem = problem
 
     def compose(self) -> ComposeResult:
         with Vertical(id="passphrase"):
+            if self.problem:
+                yield Static(Text(self.problem, style="bold red"), id="passphrase-problem")
             yield Label("This profile is encrypted. Passphrase:")
             yield Input(password=True, id="passphrase-input")
 
