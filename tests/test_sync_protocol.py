@@ -280,7 +280,9 @@ def test_egress_of_a_full_sync_holds_no_history_rating_item_ids_or_private_param
     history = dataset.interactions.sequences()[0]
     shared = SharedParams.init(len(vectors), dim=8)
     coordinator = Coordinator(
-        CoordinatorConfig(db=tmp_path / "egress.sqlite3", min_cohort=3, target_cohort=3, over_selection=0.0),
+        CoordinatorConfig(
+            db=tmp_path / "egress.sqlite3", min_cohort=3, target_cohort=3, over_selection=0.0, sigma=0.1, weight_cap=30
+        ),
         initial=shared.to_vector(),
     )
     trained: dict[str, Any] = {}

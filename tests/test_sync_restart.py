@@ -38,6 +38,8 @@ def _start(db: Path, port: int) -> subprocess.Popen[bytes]:
         "0",
         "--masked-input-s",
         "120",
+        "--weight-cap",
+        "30",  # every agent has full weight, so the noised total weight is far from zero and a vector is published
     ]
     process = subprocess.Popen(
         coordinator_command(db, port, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -63,6 +65,7 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(tmp_path: Path) -> Non
             # the late agent joins and shares keys, then holds its input back until after the crash
             watcher = StageWatcher(http)
             deadline = time.monotonic() + 120
+            assert (await late.request("GET", f"{API}/round", signed=False)).json()["round_id"] == 0
             session = secagg.AgentSession(late.identity.agent_id, late.identity.key, 0)
             c_pk, s_pk, sig = session.advertise()
             await late.request(
