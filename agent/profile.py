@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from agent import paths
-from agent.errors import AmbiguousItemError, ItemNotFoundError
+from agent.errors import AmbiguousItemError, ItemNotFoundError, ProfileError
 from agent.store import SHARED_FIRST_STAGE, ProfileStore
 from models.data import Catalog
 from models.retrieval import (
@@ -50,6 +50,9 @@ def load_catalog(store: ProfileStore, name: str) -> Catalog:
         return load_ml100k_catalog()
     from models.catalog_io import read_catalog
 
+    known = [c["name"] for c in store.catalogs()]
+    if name not in known:
+        raise ProfileError(f"There is no catalog named {name!r}.", hint=f"Catalogs: {', '.join(known)}.")
     return read_catalog(store.catalog_file(name), name=name).value
 
 

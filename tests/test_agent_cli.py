@@ -141,6 +141,8 @@ def test_import_ml100k_inter_needs_a_user(tmp_path: Path) -> None:
     assert code == 1 and "--user" in stderr
     code, stdout, _ = invoke("import", str(inter), "--user", "1", "--no-train", "--json")
     assert code == 0 and json.loads(stdout)["imported"] == 2
+    code, _, stderr = invoke("import", str(inter), "--user", "1", "--catalog", "books", "--no-train")
+    assert code == 1 and "no catalog named 'books'" in stderr and "ml-100k" in stderr
 
 
 def test_import_letterboxd_matches_titles_and_lists_the_unmatched(tmp_path: Path) -> None:
