@@ -18,7 +18,7 @@ from models.assets import assets_dir, prepare_all
 from models.errors import PersonaError
 
 # Steps of ``prepare_all`` in order, named by the prefix of their progress messages ("ml-100k: ...").
-STEPS = ("ml-100k", "minilm")
+STEPS = ("ml-100k", "minilm", "gemma", "gemma-fp32")
 
 
 class StepProgress:

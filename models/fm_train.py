@@ -1,0 +1,167 @@
+"""Torch side of the foundation model: the fp32 Gemma with shared and private LoRA, scoring and training.
+
+Runs only in the training worker and the evaluation harness (it imports torch and transformers). The loss uses
+only the " Yes"/" No" rows of the tied embedding matrix at the answer position, so a step never computes the
+262k-token softmax; lower layers carry no trainable parameters, so backward stops at the first adapted layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from models.fm_assets import require_torch_copy
+from models.lora import TARGETS, LoraWeights
+from models.prompts import AnswerTokens
+
+
+class _LoraLinear(torch.nn.Module):
+    """A frozen linear layer plus any number of named low-rank updates, each with its own scale."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.a = torch.nn.ParameterDict()
+        self.b = torch.nn.ParameterDict()
+        self.scales: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        for name, scale in self.scales.items():
+            if scale != 0.0:
+                out = out + scale * ((x @ self.a[name].T) @ self.b[name].T)
+        return out  # type: ignore[no-any-return]
+
+
+@dataclass
+class Adapters:
+    """Which adapters are attached and with what user-facing scale (1.0 = as trained)."""
+
+    shared: LoraWeights | None = None
+    private: LoraWeights | None = None
+    shared_scale: float = 1.0
+    private_scale: float = 1.0
+
+
+class TorchFM:
+    """The dequantized base model with LoRA hooks on ``q_proj``/``v_proj`` of chosen layers."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+        self.model = AutoModelForCausalLM.from_pretrained(str(require_torch_copy()), dtype=torch.float32)
+        self.model.eval()  # type: ignore[no-untyped-call]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.layers = self.model.model.layers
+        self.embed = self.model.model.embed_tokens.weight
+        self._wrapped: dict[str, _LoraLinear] = {}
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) of each adaptable projection."""
+        attn = self.layers[0].self_attn
+        return {t: tuple(getattr(attn, t).weight.shape) for t in TARGETS}  # type: ignore[misc]
+
+    def _slot(self, key: str) -> _LoraLinear:
+        if key not in self._wrapped:
+            layer, target = key.split(".")
+            attn = self.layers[int(layer)].self_attn
+            wrapper = _LoraLinear(getattr(attn, target))
+            setattr(attn, target, wrapper)
+            self._wrapped[key] = wrapper
+        return self._wrapped[key]
+
+    def attach(self, name: str, weights: LoraWeights | None, scale: float = 1.0, *, trainable: bool = False) -> None:
+        """Attach (or replace, or with ``None`` detach) the adapter ``name``; its factors become torch parameters."""
+        for slot in self._wrapped.values():
+            slot.scales.pop(name, None)
+        if weights is None:
+            return
+        for key in weights.a:
+            slot = self._slot(key)
+            a = torch.nn.Parameter(torch.from_numpy(weights.a[key].copy()))
+            b = torch.nn.Parameter(torch.from_numpy(weights.b[key].copy()))
+            a.requires_grad_(trainable and not weights.spec.frozen_a)
+            b.requires_grad_(trainable)
+            slot.a[name] = a
+            slot.b[name] = b
+            slot.scales[name] = scale * weights.spec.alpha / weights.spec.rank
+
+    def read(self, name: str, like: LoraWeights) -> LoraWeights:
+        """The current numbers of an attached adapter."""
+        out = LoraWeights(spec=like.spec)
+        for key in like.a:
+            out.a[key] = self._wrapped[key].a[name].detach().numpy().copy()
+            out.b[key] = self._wrapped[key].b[name].detach().numpy().copy()
+        return out
+
+    def trainable(self, name: str) -> list[torch.nn.Parameter]:
+        """Parameters of adapter ``name`` that train."""
+        params = []
+        for slot in self._wrapped.values():
+            if name in slot.a:
+                params += [p for p in (slot.a[name], slot.b[name]) if p.requires_grad]
+        return params
+
+    def answer_logits(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) logits of " Yes" and " No" at the end of each prompt (right-padded batch)."""
+        n = len(prompts)
+        length = max(len(p) for p in prompts)
+        ids = torch.zeros((n, length), dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+            mask[i, : len(p)] = 1
+        hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        last = hidden[torch.arange(n), mask.sum(1) - 1]
+        rows = self.embed[[answers.yes, answers.no]]
+        return last @ rows.T  # type: ignore[no-any-return]
+
+    def scores(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens, batch: int = 8) -> NDArray[np.float32]:
+        """logit(" Yes") − logit(" No") per prompt."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch):
+                logits = self.answer_logits(prompts[start : start + batch], answers)
+                out.append((logits[:, 0] - logits[:, 1]).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def train_pairs(
+        self,
+        name: str,
+        prompts: Sequence[Sequence[int]],
+        labels: Sequence[int],
+        answers: AnswerTokens,
+        *,
+        lr: float,
+        steps_batch: int = 8,
+        epochs: int = 1,
+        seed: int = 0,
+    ) -> float:
+        """Train adapter ``name`` on (prompt, label) pairs, label 1 = " Yes"; returns the mean loss."""
+        params = self.trainable(name)
+        if not params:
+            raise ValueError(f"adapter {name!r} has nothing trainable attached")
+        opt = torch.optim.Adam(params, lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        target = torch.tensor(labels, dtype=torch.float32)
+        losses = []
+        for _ in range(epochs):
+            order = torch.randperm(len(prompts), generator=generator).tolist()
+            for start in range(0, len(order), steps_batch):
+                idx = order[start : start + steps_batch]
+                logits = self.answer_logits([prompts[i] for i in idx], answers)
+                margin = logits[:, 0] - logits[:, 1]
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(margin, target[idx])
+                opt.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else 0.0
