@@ -34,7 +34,7 @@ Progress = Callable[[str, dict[str, Any]], None]
 class FederatedConfig:
     """Settings of the federated simulation (defaults measured on ML-100K; see README)."""
 
-    rounds: int = 60
+    rounds: int = 40
     server_lr: float = 0.1
     local_optimizer: str = "sgd"
     local_lr: float = 1.0
