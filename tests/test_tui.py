@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -43,6 +45,12 @@ async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], steps: int
 def has(app: PersonaApp, selector: str) -> bool:
     """True once the current screen has composed a widget matching ``selector``."""
     return bool(app.screen.query(selector))
+
+
+def svg_text(svg: str) -> str:
+    """The characters an exported SVG screenshot shows, in document order (spaces restored)."""
+    text = "".join(part for part in re.findall(r">([^<]*)<", svg) if part.strip(" \n"))
+    return html.unescape(text).replace("\xa0", " ")
 
 
 def seed(*likes: str) -> None:
@@ -254,3 +262,21 @@ async def test_encrypted_profile_asks_for_the_passphrase_and_survives_a_wrong_on
         assert "does not unlock" in str(app.screen.query_one("#passphrase-problem").render())
         await pilot.press(*"open sesame", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+
+
+async def test_snapshot_of_onboarding_and_profile_screens_at_a_pinned_size() -> None:
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, OnboardingScreen) and has(app, "#results"))
+        await wait_for(pilot, lambda: app.focused is not None and app.focused.id == "search")
+        await pilot.press("enter", "l")  # from the search box to the results; like the first listed item
+        await pilot.pause()
+        welcome = svg_text(app.export_screenshot())
+        await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen) and has(app, "#affinities"))
+        await pilot.pause()
+        profile = svg_text(app.export_screenshot())
+    for text in ("Welcome", "Search titles or genres", "Liked 1:", "Done"):
+        assert text in welcome, text
+    for text in ("Affinities", "Aversions", "1 interactions", "History", "Forget item", "Reset profile"):
+        assert text in profile, text
