@@ -1,7 +1,8 @@
 """The ``agent`` command line. stdout carries data (tables or ``--json``); stderr carries progress and errors.
 
 ``agent`` with no command opens the TUI (onboarding on the first run). Every read command (``suggest``,
-``history``, ``search``, ``inspect``, ``paths``, ``import``) takes ``--json`` and then prints exactly one JSON object.
+``history``, ``search``, ``inspect``, ``paths``, ``import``, ``catalogs``) takes ``--json`` and then prints exactly
+one JSON object.
 ``NO_COLOR`` turns colour off. ``PERSONA_HOME`` relocates every file; ``PERSONA_PASSPHRASE`` unlocks an encrypted
 profile without a prompt.
 
@@ -520,6 +521,33 @@ def inspect(
         f"{egress['bytes_received']:,} received, ε = {egress['epsilon']:.3g}"
     )
     out.print(f"data: {body['paths']['data']}   config: {body['paths']['config']}   cache: {body['paths']['cache']}")
+
+
+@app.command()
+def catalogs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """List the catalogs (the built-in MovieLens-100K and imported ones) and which one is active."""
+    with _open_store() as store:
+        found = store.catalogs()
+        active = store.active_catalog
+    if as_json:
+        _emit_json({"active": active, "catalogs": found})
+        return
+    for entry in found:
+        mark = "*" if entry["name"] == active else " "
+        out.print(f"{mark} {entry['name']:20} {entry['kind']:9} {entry['n_items']:>6} items")
+
+
+@app.command()
+def use(catalog: Annotated[str, typer.Argument(help="A name from `agent catalogs`.")]) -> None:
+    """Make a catalog the active one: suggestions, search and ratings use it from now on."""
+    with _open_store() as store:
+        names = [c["name"] for c in store.catalogs()]
+        if catalog not in names:
+            _fail(ProfileError(f"There is no catalog named {catalog!r}.", hint=f"Catalogs: {', '.join(names)}."))
+        store.set_meta("active_catalog", catalog)
+    err.print(f"active catalog: {catalog}")
 
 
 @app.command()

@@ -98,6 +98,13 @@ def test_reset_leaves_nothing_recoverable(isolated_persona_home: Path, tmp_path:
     catalog = tmp_path / "films.csv"
     catalog.write_text(f"id,title,year,genres\nzq-1,{marker},2001,Drama\nzq-2,Other Film,2002,Comedy\n")
     assert invoke("import", str(catalog), "--catalog", "films")[0] == 0
+    code, stdout, _ = invoke("catalogs", "--json")
+    assert code == 0 and json.loads(stdout)["active"] == "films"
+    assert [c["name"] for c in json.loads(stdout)["catalogs"]] == ["ml-100k", "films"]
+    assert invoke("use", "ml-100k")[0] == 0 and invoke("use", "nope")[0] == 1
+    found = json.loads(invoke("search", marker, "--json")[1])
+    assert found["catalog"] == "ml-100k" and found["results"] == []
+    assert invoke("use", "films")[0] == 0
     code, _, stderr = invoke("rate", marker, "like")
     assert code == 0, stderr
     with ProfileStore.open() as store:
