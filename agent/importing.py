@@ -8,7 +8,8 @@ What a file is, is read from its header:
 * **Letterboxd export** — a CSV with ``Name`` (and usually ``Date``, ``Year``, ``Rating`` of 0.5-5 stars) and no
   item id: each title (+ year, ±1) is matched to the catalog; rows that match nothing are listed as unmatched.
 * **catalog** — columns for item id and title, read with :func:`models.catalog_io.read_catalog`; it is copied
-  into the profile (``catalogs/NAME.jsonl``, written atomically), embedded, and becomes the active catalog.
+  into the profile (``catalogs/NAME.jsonl``, written atomically, encrypted in an encrypted profile), embedded, and
+  becomes the active catalog.
 
 Bad rows are skipped and reported with their line numbers; a file with no usable row is refused.
 """
@@ -22,7 +23,7 @@ from typing import Any
 
 from agent.profile import Profile, catalog_vectors
 from agent.store import ProfileStore
-from models.catalog_io import read_catalog, read_interactions, write_catalog_jsonl
+from models.catalog_io import read_catalog, read_interactions
 from models.errors import ImportFormatError
 
 _ITEM_COLUMNS = {"id", "itemid", "item"}
@@ -162,9 +163,17 @@ def _import_catalog(store: ProfileStore, path: Path, *, name: str) -> dict[str, 
     if name == "ml-100k":
         raise ImportFormatError("The name ml-100k belongs to the built-in catalog.", hint="Choose another --catalog.")
     result = read_catalog(path, name=name)
-    target = store.catalog_file(name)
-    write_catalog_jsonl(result.value, target)
-    store.register_catalog(name, file=target, n_items=len(result.value))
-    catalog_vectors(result.value)
+    catalog = result.value
+    lines = [
+        json.dumps(
+            {"id": item, "title": title, "text": text, "tags": tags, "year": year},
+            ensure_ascii=False,
+        )
+        for item, title, text, tags, year in zip(
+            catalog.item_ids, catalog.titles, catalog.texts, catalog.tags, catalog.years, strict=True
+        )
+    ]
+    store.write_catalog(name, ("\n".join(lines) + "\n").encode("utf-8"), n_items=len(catalog))
+    catalog_vectors(catalog)
     store.set_meta("active_catalog", name)
     return _report("catalog", name, len(result.value), result.problems, [])

@@ -14,6 +14,7 @@ It joins the store (history, adapters) with a catalog and its frozen text vector
 from __future__ import annotations
 
 import difflib
+import json
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -48,12 +49,18 @@ def load_catalog(store: ProfileStore, name: str) -> Catalog:
         from models.movielens import load_ml100k_catalog
 
         return load_ml100k_catalog()
-    from models.catalog_io import read_catalog
-
     known = [c["name"] for c in store.catalogs()]
     if name not in known:
         raise ProfileError(f"There is no catalog named {name!r}.", hint=f"Catalogs: {', '.join(known)}.")
-    return read_catalog(store.catalog_file(name), name=name).value
+    items = [json.loads(line) for line in store.read_catalog(name).decode("utf-8").splitlines() if line]
+    return Catalog(
+        name=name,
+        item_ids=[i["id"] for i in items],
+        titles=[i["title"] for i in items],
+        texts=[i["text"] for i in items],
+        tags=[i["tags"] for i in items],
+        years=[i["year"] for i in items],
+    )
 
 
 def embedding_cache_dir() -> Path:

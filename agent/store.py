@@ -486,18 +486,34 @@ class ProfileStore:
 
     # -- catalogs --------------------------------------------------------------------------------------------
     def catalog_file(self, name: str) -> Path:
-        """Where an imported catalog named ``name`` is kept."""
+        """Where an imported catalog named ``name`` is kept (encrypted like the rest in an encrypted profile)."""
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "catalog"
-        return self.folder / CATALOGS_DIR / f"{safe}.jsonl"
+        return self.folder / CATALOGS_DIR / (f"{safe}.jsonl.enc" if self._cipher else f"{safe}.jsonl")
 
-    def register_catalog(self, name: str, *, file: Path, n_items: int) -> None:
-        """Record an imported catalog whose JSONL file is already written (atomically) at ``file``."""
-        digest = _sha256(file.read_bytes())
+    def write_catalog(self, name: str, jsonl: bytes, *, n_items: int) -> None:
+        """Store an imported catalog's JSONL (atomically; encrypted when the profile is) and record its checksum."""
+        stored = self._cipher.encrypt(jsonl, f"catalog:{name}") if self._cipher else jsonl
+        file = self.catalog_file(name)
+        atomic_write_bytes(file, stored)
         with self._write() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO catalogs VALUES (?, 'imported', ?, ?, ?, ?)",
-                (name, str(file.relative_to(self.folder)), digest, n_items, int(time.time())),
+                (name, str(file.relative_to(self.folder)), _sha256(stored), n_items, int(time.time())),
             )
+
+    def read_catalog(self, name: str) -> bytes:
+        """The JSONL of an imported catalog, after checking its checksum (and decrypting)."""
+        rows = self._read("SELECT file, sha256 FROM catalogs WHERE name = ?", (name,))
+        if not rows:
+            raise ProfileError(f"There is no imported catalog named {name!r}.")
+        path = self.folder / str(rows[0]["file"])
+        try:
+            stored = path.read_bytes()
+        except FileNotFoundError:
+            raise ProfileError(f"The catalog file {path} is missing.", hint=f"Import {name} again.") from None
+        if _sha256(stored) != rows[0]["sha256"]:
+            raise ProfileError(f"The catalog file {path} does not match its checksum.", hint=f"Import {name} again.")
+        return self._cipher.decrypt(stored, f"catalog:{name}") if self._cipher else stored
 
     def catalogs(self) -> list[dict[str, Any]]:
         """The built-in catalog and every imported one."""

@@ -206,3 +206,23 @@ def test_history_and_search_json() -> None:
     code, stdout, _ = invoke("search", "star trek", "--json", "-n", "3")
     results = json.loads(stdout)["results"]
     assert code == 0 and len(results) == 3 and all(r["title"].startswith("Star Trek") for r in results)
+
+
+def test_encrypted_profile_keeps_imported_catalogs_and_ratings_unreadable(tmp_path: Path) -> None:
+    env = {"PERSONA_PASSPHRASE": "s3cret"}
+    marker = "Qwzx Private Title"
+    catalog = tmp_path / "books.csv"
+    catalog.write_text(f"id,title,tags\nqw-1,{marker},memoir\nqw-2,Another Book,novel\n")
+    assert invoke("init", "--encrypt", env=env)[0] == 0
+    assert invoke("import", str(catalog), "--catalog", "books", env=env)[0] == 0
+    code, _, stderr = invoke("rate", marker, "like", "--no-train", env=env)
+    assert code == 0, stderr
+    code, stdout, _ = invoke("search", "qwzx", "--json", env=env)
+    assert code == 0 and [r["item"] for r in json.loads(stdout)["results"]] == ["qw-1"]
+    with ProfileStore.open(passphrase="s3cret") as store:
+        folder = store.folder
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".jsonl.enc") for p in files)
+    for path in files:
+        blob = path.read_bytes()
+        assert marker.encode() not in blob and b"qw-1" not in blob, path
