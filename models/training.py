@@ -46,11 +46,9 @@ class LocalResult:
 def sequence_examples(train_seq: IntArray, window: int, pad: int) -> tuple[IntArray, IntArray]:
     """Next-item examples from one sequence: (histories (n, window) left-padded with ``pad``, targets (n,))."""
     seq = np.asarray(train_seq, dtype=np.int64)
-    n = len(seq)
-    hist = np.full((n, window), pad, dtype=np.int64)
-    for t in range(1, n):
-        tail = seq[max(0, t - window) : t]
-        hist[t, window - len(tail) :] = tail
+    padded = np.concatenate([np.full(window, pad, dtype=np.int64), seq])
+    # row t holds padded[t : t + window], i.e. the (up to) ``window`` items before position t
+    hist = np.lib.stride_tricks.sliding_window_view(padded, window)[: len(seq)].copy()
     return hist, seq.copy()
 
 

@@ -95,3 +95,11 @@ def test_params_file_round_trip(tmp_path: Path) -> None:
     private = PrivateParams(user_vector=np.arange(4, dtype=np.float32))
     save_private(tmp_path / "p.npy", private)
     np.testing.assert_array_equal(load_private(tmp_path / "p.npy").user_vector, private.user_vector)
+
+
+def test_sequence_examples_are_the_items_before_each_position() -> None:
+    from models.training import sequence_examples
+
+    hist, targets = sequence_examples(np.array([5, 6, 7, 8], dtype=np.int64), window=3, pad=99)
+    np.testing.assert_array_equal(targets, [5, 6, 7, 8])
+    np.testing.assert_array_equal(hist, [[99, 99, 99], [99, 99, 5], [99, 5, 6], [5, 6, 7]])
