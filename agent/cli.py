@@ -146,7 +146,8 @@ def eval_command(
         central = CentralConfig(seed=seed)
         if epochs is not None:
             central = replace(central, epochs=epochs)
-        total = federated.rounds if model == "federated" else central.epochs if model == "central" else 1
+        rounds_or_epochs = {"federated": federated.rounds, "persona-base": federated.rounds, "central": central.epochs}
+        total = rounds_or_epochs.get(model, 1)
         from agent.cli_sync import sync_aggregator, sync_summary
 
         with _progress() as bar, sync_aggregator(via_sync, split, seed, federated.server_lr) as aggregator:
@@ -164,6 +165,7 @@ def eval_command(
                 federated=federated,
                 central=central,
                 aggregator=aggregator,
+                catalog=dataset.catalog,
                 progress=on_progress,
             )
             if aggregator is not None:

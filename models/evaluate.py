@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from models.data import Catalog
 from models.federated import Aggregator, FedAdam, FederatedState, WeightedMeanAggregator, run_round
 from models.metrics import summarize
 from models.retrieval import FirstStageScorer, FloatArray, IntArray, PrivateParams, SharedParams
@@ -25,7 +26,8 @@ from models.split import Split
 Protocol = Literal["loo99", "full", "coldstart"]
 ModelName = Literal["popularity", "central", "federated"]
 PROTOCOLS: tuple[str, ...] = ("loo99", "full", "coldstart")
-MODELS: tuple[str, ...] = ("popularity", "central", "federated")
+MODELS: tuple[str, ...] = ("popularity", "central", "federated", "persona-base")
+RERANK_K = 20
 COLDSTART_KS = (0, 1, 3, 5)
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -317,6 +319,42 @@ def _cold_private_model(
     return scorer_model(shared, privates, text_vectors)
 
 
+def evaluate_two_stage(
+    split: Split,
+    text_vectors: FloatArray,
+    catalog: Catalog,
+    *,
+    federated: FederatedConfig = FederatedConfig(),
+    k: int = RERANK_K,
+    progress: Progress | None = None,
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """LOO-99 of the federated first stage with its top ``k`` rescored by the foundation model (no adapters yet).
+
+    The blend weight is picked on validation; weight 0 is the first stage alone, so the selection can only
+    keep the foundation model where validation says it helps.
+    """
+    from models.fm_assets import gguf_path, torch_dir
+    from models.llm import FoundationModel
+    from models.prompts import PromptBuilder
+    from models.rerank import pick_weight, rerank_lists
+
+    first = train_federated(split, text_vectors, config=federated, progress=progress)
+    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    with FoundationModel(gguf_path(), max_candidates=k) as fm:
+
+        def fm_score(_u: int, history: IntArray, items: IntArray) -> FloatArray:
+            suffixes = [builder.suffix(int(i)) for i in items]
+            return fm.score(builder.prefix(history.tolist()), suffixes, builder.answers)
+
+        valid_lists = rerank_lists(split, "valid", first.score, fm_score, k=k)
+        weight, valid = pick_weight(valid_lists)
+        test_lists = rerank_lists(split, "test", first.score, fm_score, k=k)
+    test = summarize([lst.rank(weight) for lst in test_lists])
+    first_stage = summarize([lst.rank(0.0) for lst in test_lists])
+    selected = {**first.selected, "rerank_k": k, "blend_weight": weight, "first_stage_metrics": first_stage}
+    return test, valid, selected
+
+
 def evaluate(
     name: str,
     protocol: str,
@@ -326,18 +364,27 @@ def evaluate(
     federated: FederatedConfig = FederatedConfig(),
     central: CentralConfig = CentralConfig(),
     aggregator: Aggregator | None = None,
+    catalog: Catalog | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train or load the model, select on validation, and report test metrics: the ``agent eval`` JSON body."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     start = time.perf_counter()
-    if protocol == "coldstart":
+    metrics: dict[str, Any]
+    valid_metrics: dict[str, Any]
+    if name == "persona-base":
+        if protocol != "loo99" or catalog is None:
+            raise ValueError("persona-base is measured on the loo99 protocol only (and needs the catalog)")
+        metrics, valid_metrics, selected = evaluate_two_stage(
+            split, text_vectors, catalog, federated=federated, progress=progress
+        )
+    elif protocol == "coldstart":
         test, valid, selected = evaluate_coldstart(
             name, split, text_vectors, federated=federated, central=central, progress=progress
         )
-        metrics: dict[str, Any] = dict(test)
-        valid_metrics: dict[str, Any] = dict(valid)
+        metrics = dict(test)
+        valid_metrics = dict(valid)
     else:
         proto: Literal["loo99", "full"] = "loo99" if protocol == "loo99" else "full"
         model = train_model(
