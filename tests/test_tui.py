@@ -33,7 +33,7 @@ SIZE = (100, 30)
 ANIMATED = ["1", "95", "71"]  # Toy Story, Aladdin, The Lion King
 
 
-async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], steps: int = 400) -> None:
+async def wait_for(pilot: Pilot[None], condition: Callable[[], bool], steps: int = 2400) -> None:
     """Let the app run until ``condition`` holds (bounded by steps, not by a time limit)."""
     for _ in range(steps):
         if condition():
