@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.data import Catalog
+from models.errors import PersonaError
 from models.federated import Aggregator, FedAdam, FederatedState, WeightedMeanAggregator, run_round
 from models.metrics import summarize
 from models.retrieval import FirstStageScorer, FloatArray, IntArray, PrivateParams, SharedParams
@@ -375,7 +376,9 @@ def evaluate(
     valid_metrics: dict[str, Any]
     if name == "persona-base":
         if protocol != "loo99" or catalog is None:
-            raise ValueError("persona-base is measured on the loo99 protocol only (and needs the catalog)")
+            raise PersonaError(
+                "persona-base is measured on the loo99 protocol only.", hint="Use --protocol loo99 with this model."
+            )
         metrics, valid_metrics, selected = evaluate_two_stage(
             split, text_vectors, catalog, federated=federated, progress=progress
         )

@@ -104,3 +104,9 @@ def test_eval_coldstart_reports_each_k() -> None:
     assert 0.0 < k0["HR@10"] <= 1.0
     # five items of history tell the model more than none
     assert k5["NDCG@10"] > k0["NDCG@10"]
+
+
+def test_eval_persona_base_outside_loo99_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["eval", "--model", "persona-base", "--protocol", "full"])
+    assert result.exit_code == 1
+    assert "loo99" in result.output and "Traceback" not in result.output
