@@ -678,6 +678,11 @@ def demo(
         suggest(n=10, query=None, as_json=False)
 
 
+from agent.cli_sync import sync_command  # noqa: E402  (it uses this module's helpers at call time)
+
+app.command(name="sync")(sync_command)
+
+
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -11,18 +11,21 @@ from typing import Any
 from agent.errors import TrainingError
 
 
-def run_training(*, passphrase: str | None = None, timeout: float = 600.0) -> dict[str, Any]:
+def run_training(
+    *, passphrase: str | None = None, timeout: float = 600.0, args: tuple[str, ...] = ("train",)
+) -> dict[str, Any]:
     """Run ``python -m agent.worker train`` and wait; returns its JSON result or raises :class:`TrainingError`.
 
     The worker inherits the environment (so ``PERSONA_HOME`` points it at the same profile); an encrypted
-    profile's passphrase is handed over in ``PERSONA_PASSPHRASE``, never on the command line.
+    profile's passphrase is handed over in ``PERSONA_PASSPHRASE``, never on the command line. ``args`` picks the
+    worker's mode (``("sync-train", SHARED, OUT_DIR)`` for a sync).
     """
     env = dict(os.environ)
     if passphrase is not None:
         env["PERSONA_PASSPHRASE"] = passphrase
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "agent.worker", "train"],
+            [sys.executable, "-m", "agent.worker", *args],
             capture_output=True,
             text=True,
             env=env,

@@ -33,6 +33,8 @@ class Settings:
     """How strongly the query box pulls the user state toward the query's text (relative to the state's norm)."""
     retrain_after_feedback: bool = True
     """Retrain the private adapter (in a worker process) after each like or dislike in the TUI."""
+    coordinator_url: str = ""
+    """The coordinator ``agent sync`` talks to, e.g. ``http://127.0.0.1:8750`` (PERSONA_COORDINATOR_URL wins)."""
     keys: dict[str, str] = field(default_factory=dict)
     """Key remapping: binding id → comma-separated keys, e.g. ``"suggestions.like" = "l,+"``."""
 

@@ -1,4 +1,5 @@
-"""The local training worker: ``python -m agent.worker train`` retrains the private adapter, in its own process.
+"""The local training worker: ``python -m agent.worker train`` retrains the private adapter, in its own process;
+``python -m agent.worker sync-train SHARED.npy OUT_DIR`` trains for a sync (see :func:`train_for_sync`).
 
 The app (CLI and TUI) never imports torch; it runs this module as a subprocess (:func:`agent.jobs.run_training`).
 The private first-stage vector θ_u is trained from zero, with the shared adapter frozen (learning rate 0 for θ_g),
@@ -15,17 +16,21 @@ leaves the previous adapter. The result is one JSON object on stdout; errors go 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
 from agent.errors import ProfileError
 from agent.profile import Profile
 from agent.store import PRIVATE_FIRST_STAGE, ProfileStore
+from models.assets import atomic_write_bytes
 from models.errors import PersonaError
 from models.retrieval import FirstStageScorer, IntArray, PrivateParams
 
@@ -116,17 +121,71 @@ def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrain
     }
 
 
+SYNC_DELTA_FILE = "shared_delta.npy"
+SYNC_PRIVATE_FILE = "private.npy"
+
+
+def _atomic_save(path: Path, array: NDArray[np.float32]) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dict[str, float | int]:
+    """Train shared + private on this profile's liked items, starting from the coordinator's shared vector.
+
+    Reads the shared vector (``.npy``) the sync client fetched and verified, runs :func:`models.training.local_train`
+    on the person's liked items in time order (the federation's objective), and writes the new shared *delta*
+    (:data:`SYNC_DELTA_FILE`) and the new private vector (:data:`SYNC_PRIVATE_FILE`) to ``out_dir``, each
+    atomically. The store is not changed: the caller applies the private vector once the round succeeded.
+    """
+    import torch
+
+    from models.training import TrainConfig, local_train
+
+    started = time.perf_counter()
+    profile = Profile.load(store)
+    vector = np.load(shared_path, allow_pickle=False).astype(np.float32).ravel()
+    if vector.shape != (profile.shared.size,):
+        raise ProfileError(
+            f"The coordinator's shared adapter has {vector.size} values; this profile's catalog "
+            f"{profile.catalog.name!r} needs {profile.shared.size}.",
+            hint="Sync works on the catalog the federation trains (the built-in one): `agent catalogs`.",
+        )
+    shared = profile.shared.with_vector(vector)
+    liked, _disliked = profile.feedback()
+    if len(liked) == 0:
+        delta = np.zeros_like(vector)
+        private, n_examples, loss = profile.private(), 0, 0.0
+    else:
+        result = local_train(
+            shared, profile.private(), liked, torch.from_numpy(profile.text_vectors), TrainConfig(), seed=0
+        )
+        delta = result.shared.to_vector() - vector
+        private, n_examples, loss = result.private, result.n_examples, result.mean_loss
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_save(out_dir / SYNC_DELTA_FILE, delta)
+    _atomic_save(out_dir / SYNC_PRIVATE_FILE, private.user_vector)
+    return {
+        "n_examples": n_examples,
+        "loss": round(loss, 5),
+        "seconds": round(time.perf_counter() - started, 3),
+        "delta_norm": round(float(np.linalg.norm(delta)), 5),
+    }
+
+
 def main(argv: list[str]) -> int:
-    """``train``: retrain the private adapter of the profile in the data folder (PERSONA_HOME honoured)."""
-    if argv != ["train"]:
-        print("usage: python -m agent.worker train", file=sys.stderr)
+    """``train``: retrain the private adapter of the profile in the data folder (PERSONA_HOME honoured);
+    ``sync-train SHARED.npy OUT_DIR``: train for a sync (:func:`train_for_sync`)."""
+    if not (argv == ["train"] or (len(argv) == 3 and argv[0] == "sync-train")):
+        print("usage: python -m agent.worker train | sync-train SHARED.npy OUT_DIR", file=sys.stderr)
         return 2
     os.nice(10)  # background work: the UI that started it keeps the CPU when both want it
     try:
         if ProfileStore.is_encrypted_at() and not os.environ.get("PERSONA_PASSPHRASE"):
             raise ProfileError("The training worker needs PERSONA_PASSPHRASE for an encrypted profile.")
         with ProfileStore.open(passphrase=os.environ.get("PERSONA_PASSPHRASE")) as store:
-            result = train_profile(store)
+            result = train_profile(store) if argv == ["train"] else train_for_sync(store, Path(argv[1]), Path(argv[2]))
     except PersonaError as error:
         print(f"{error.title}: {error}", file=sys.stderr)
         return 1

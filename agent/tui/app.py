@@ -290,12 +290,29 @@ class PersonaApp(App[None]):
         """One line on whether "sync now" can run."""
         if self._sync_hook() is None:
             return "Coordinator not configured: this build has no sync client hooked into the app yet."
-        return "Sync client ready."
+        url = self._coordinator_url()
+        if url is None:
+            return "Coordinator not configured: set coordinator_url in config.toml or PERSONA_COORDINATOR_URL."
+        return f"Coordinator: {url} (press n to sync now)"
+
+    def _coordinator_url(self) -> str | None:
+        try:
+            module = importlib.import_module(SYNC_HOOK_MODULE)
+            found = getattr(module, "coordinator_url", lambda: "")()
+        except (ImportError, PersonaError):
+            return None
+        return str(found) if found else None
 
     def sync_now(self, bar: ProgressBar) -> None:
         """Run one sync round in a worker, updating ``bar``; without a sync client, say so."""
         if self._sync_hook() is None:
             self.notify("Coordinator not configured: sync is not available in this build.", severity="warning")
+            return
+        if self._coordinator_url() is None:
+            self.notify(
+                "Coordinator not configured: set coordinator_url in config.toml or PERSONA_COORDINATOR_URL.",
+                severity="warning",
+            )
             return
         self._sync(bar)
 
@@ -308,7 +325,7 @@ class PersonaApp(App[None]):
             self.call_from_thread(bar.update, progress=100.0 * fraction)
 
         try:
-            result = hook(self.store, progress)
+            result = hook(self.store, progress, passphrase=self.passphrase if self.store.encrypted else None)
         except Exception as error:
             self.call_from_thread(self.report, error)
             return
