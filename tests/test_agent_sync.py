@@ -172,3 +172,54 @@ def test_agent_sync_without_a_configured_coordinator_says_how_to_configure_one()
     code, _, stderr = invoke("sync")
     assert code == 1
     assert "No coordinator is configured" in stderr and "PERSONA_COORDINATOR_URL" in stderr
+
+
+def test_agent_sync_that_times_out_applies_nothing_and_says_so(
+    coordinator_url: tuple[str, np.ndarray[Any, np.dtype[np.float32]]],
+) -> None:
+    url, _initial = coordinator_url  # nobody else joins: the round never fills
+    with ProfileStore.open() as store:
+        before = store.adapter_record("shared_first_stage")
+    code, stdout, stderr = invoke("sync", "--coordinator", url, "--timeout", "2")
+    assert code == 1 and stdout == ""
+    assert "Sync timed out" in stderr or "did not reach" in stderr, stderr
+    with ProfileStore.open() as store:
+        assert store.adapter_record("shared_first_stage") == before
+        assert store.load_private() is None
+        (row,) = store.egress_entries()  # what did leave (registration, the advertisement) is on the ledger
+        assert row["status"] == "failed" and not row["released"]
+
+
+@pytest.mark.asyncio
+async def test_tui_sync_now_runs_a_round_from_the_sync_screen(
+    coordinator_url: tuple[str, np.ndarray[Any, np.dtype[np.float32]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from textual.widgets import DataTable, ProgressBar
+
+    from agent.settings import Settings
+    from agent.tui.app import PersonaApp
+    from agent.tui.screens import SuggestionsScreen, SyncScreen
+
+    url, initial = coordinator_url
+    monkeypatch.setenv("PERSONA_COORDINATOR_URL", url)
+    app = PersonaApp(settings=Settings(retrain_after_feedback=False))
+    async with app.run_test(size=(100, 30)) as pilot:
+
+        async def wait_for(condition: Any, steps: int = 6000) -> None:
+            for _ in range(steps):
+                if condition():
+                    return
+                await pilot.pause(0.025)
+            raise AssertionError(f"condition never became true; screen {app.screen!r}")
+
+        await wait_for(lambda: isinstance(app.screen, SuggestionsScreen) and bool(app.screen.suggestions))
+        await pilot.press("y")
+        await wait_for(lambda: isinstance(app.screen, SyncScreen) and bool(app.screen.query("#ledger")))
+        assert url in str(app.screen.query_one("#sync-status").render())
+        thread, results = _simulated_agents(url, COHORT - 1, initial.size)
+        await pilot.press("n")
+        await wait_for(lambda: app.screen.query_one("#ledger", DataTable).row_count == 1)
+        await wait_for(lambda: app.screen.query_one("#sync-progress", ProgressBar).progress == 100.0)
+        thread.join(timeout=180)
+    assert all(isinstance(r, RoundResult) and r.status == "done" for r in results), results
+    _check_applied(url, initial)
