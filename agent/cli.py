@@ -613,6 +613,15 @@ def completion(
 def demo(
     rounds: Annotated[int, typer.Option(help="Federated rounds to run.")] = 20,
     user: Annotated[str, typer.Option(help="Which ML-100K user to become afterwards.")] = "1",
+    via_coordinator: Annotated[
+        bool,
+        typer.Option(
+            "--via-coordinator/--in-process",
+            help="Federate through a real coordinator on 127.0.0.1 (secure aggregation, clipping, noise) "
+            "or average in this process.",
+        ),
+    ] = True,
+    cohort: Annotated[int, typer.Option(help="Agents per round when federating through the coordinator.")] = 100,
 ) -> None:
     """Run a short federation of all ML-100K users as agents, then become one of them (TUI, or print suggestions)."""
     from dataclasses import replace
@@ -635,15 +644,28 @@ def demo(
                 raise ProfileError(f"ML-100K has no user {user!r}.", hint="Users are numbered 1 to 943.")
             split = make_loo_split(dataset, seed=0)
             config = replace(FederatedConfig(), rounds=rounds)
-            err.print(f"Federated training: {len(split.users)} agents (ML-100K users), {rounds} rounds")
-            with _progress() as bar:
+            how = f"a coordinator on 127.0.0.1, cohorts of {cohort}" if via_coordinator else "in-process averaging"
+            err.print(f"Federated training: {len(split.users)} agents (ML-100K users), {rounds} rounds, {how}")
+            from agent.cli_sync import sync_aggregator, sync_summary
+
+            with (
+                _progress() as bar,
+                sync_aggregator(via_coordinator, split, 0, config.server_lr, cohort=cohort) as aggregator,
+            ):
                 task = bar.add_task("federated rounds", total=rounds, status="")
 
                 def on_progress(_kind: str, info: dict[str, Any]) -> None:
                     status = f"valid HR@10 {info['valid_HR@10']:.3f} NDCG@10 {info['valid_NDCG@10']:.3f}"
                     bar.update(task, advance=1, status=status)
 
-                model = train_federated(split, vectors, config=config, progress=on_progress)
+                model = train_federated(split, vectors, config=config, aggregator=aggregator, progress=on_progress)
+                if aggregator is not None:
+                    summary = sync_summary(aggregator)
+                    err.print(
+                        f"Secure aggregation: {summary['rounds_done']} rounds, "
+                        f"{summary['bytes_up_per_agent_round']:,} bytes up per agent and round, "
+                        f"ε = {summary['epsilon']:.1f} (δ = {summary['delta']:g}) for the busiest agent"
+                    )
             assert model.shared is not None
             selected = model.selected["round"]
             store.save_shared(

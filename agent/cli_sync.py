@@ -200,8 +200,10 @@ def tui_sync(store: ProfileStore, progress: ProgressFn, *, passphrase: str | Non
 
 
 @contextlib.contextmanager
-def sync_aggregator(enabled: bool, split: Split, seed: int, server_lr: float) -> Iterator[SecureAggregator | None]:
-    """A SecureAggregator bound to a fresh local coordinator when ``enabled``, else None."""
+def sync_aggregator(
+    enabled: bool, split: Split, seed: int, server_lr: float, *, cohort: int = SYNC_COHORT
+) -> Iterator[SecureAggregator | None]:
+    """A SecureAggregator bound to a fresh local coordinator when ``enabled`` (``cohort`` agents a round), else None."""
     if not enabled:
         yield None
         return
@@ -216,11 +218,9 @@ def sync_aggregator(enabled: bool, split: Split, seed: int, server_lr: float) ->
         "--server-lr",
         str(server_lr),
         "--min-cohort",
-        str(min(10, SYNC_COHORT)),
+        str(min(10, cohort)),
     )
-    with SecureAggregator.local(
-        initial, SYNC_COHORT, coordinator_args=args, cohort_size=SYNC_COHORT, seed=seed
-    ) as aggregator:
+    with SecureAggregator.local(initial, cohort, coordinator_args=args, cohort_size=cohort, seed=seed) as aggregator:
         yield aggregator
 
 
@@ -229,7 +229,7 @@ def sync_summary(aggregator: SecureAggregator) -> dict[str, Any]:
     stats = aggregator.stats
     n = max(1, len(stats))
     return {
-        "cohort": SYNC_COHORT,
+        "cohort": aggregator.cohort_size or SYNC_COHORT,
         "clip": SYNC_CLIP,
         "sigma": SYNC_SIGMA,
         "weight_cap": SYNC_WEIGHT_CAP,

@@ -24,6 +24,9 @@ from models.retrieval import FloatArray, IntArray, PrivateParams, SharedParams
 class Aggregator(Protocol):
     """Turns one round's per-agent contributions into their weighted mean, seeing each only as the protocol allows."""
 
+    def select(self, round_id: int, agent_ids: list[int]) -> list[int]:
+        """The agents that take part in this round (the cohort); only they train and submit."""
+
     def begin_round(self, round_id: int, vector_size: int) -> None:
         """Start a round for vectors of ``vector_size`` floats."""
 
@@ -41,6 +44,10 @@ class WeightedMeanAggregator:
         self._sum: NDArray[np.float64] | None = None
         self._weight = 0.0
         self.round_id = -1
+
+    def select(self, round_id: int, agent_ids: list[int]) -> list[int]:
+        """Every agent takes part in every round."""
+        return agent_ids
 
     def begin_round(self, round_id: int, vector_size: int) -> None:
         """Reset the running sums."""
@@ -118,13 +125,16 @@ def run_round(
 ) -> int:
     """One federated round: local training on each agent, aggregation of shared deltas, a server step.
 
-    Private parameters are updated in place on each agent; only the shared delta goes to the aggregator.
-    Returns the number of agents that contributed.
+    The aggregator picks the round's cohort; only those agents train. Private parameters are updated in place on
+    each agent; only the shared delta goes to the aggregator. Returns the number of agents that contributed.
     """
     base = state.shared.to_vector()
+    candidates = dict(agents)
+    cohort = aggregator.select(round_id, list(candidates))
     aggregator.begin_round(round_id, base.size)
     n = 0
-    for agent_id, train_seq in agents:
+    for agent_id in cohort:
+        train_seq = candidates[agent_id]
         private = state.privates.setdefault(agent_id, PrivateParams.init(state.shared.dim))
         new_shared, new_private, weight = local_train(state.shared, private, train_seq, round_id)
         state.privates[agent_id] = new_private

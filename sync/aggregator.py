@@ -63,6 +63,14 @@ class SecureAggregator:
     _round: int = -1
     _registered: set[int] = field(default_factory=set)
 
+    def select(self, round_id: int, agent_ids: list[int]) -> list[int]:
+        """Sample this round's cohort of ``cohort_size`` agents (all of them when unset), seeded by the round."""
+        if self.cohort_size is None or len(agent_ids) <= self.cohort_size:
+            return agent_ids
+        rng = np.random.default_rng([self.seed, round_id, 1])
+        keep = np.sort(rng.choice(len(agent_ids), size=self.cohort_size, replace=False))
+        return [agent_ids[int(i)] for i in keep]
+
     def begin_round(self, round_id: int, vector_size: int) -> None:
         """Start collecting this round's contributions."""
         self._round = round_id
@@ -80,9 +88,7 @@ class SecureAggregator:
         if not self._pending:
             return None
         if self.cohort_size is not None and len(self._pending) > self.cohort_size:
-            rng = np.random.default_rng([self.seed, self._round, 1])
-            keep = np.sort(rng.choice(len(self._pending), size=self.cohort_size, replace=False))
-            self._pending = [self._pending[int(i)] for i in keep]
+            raise SyncError(f"{len(self._pending)} agents submitted but the cohort is {self.cohort_size}: use select()")
         return asyncio.run(self._run())
 
     async def _run(self) -> FloatArray | None:
