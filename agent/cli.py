@@ -686,9 +686,11 @@ def demo(
                 ]
             )
             private = model.privates.get(user_index) if model.privates else None
+            store.set_meta("demo_user", user)
             if private is not None:
                 store.save_private(private, meta={"catalog": dataset.catalog.name, "source": "demo federation"})
-            store.set_meta("demo_user", user)
+            else:  # this agent was never drawn into a cohort: train its private adapter on its own history now
+                _retrain(store)
             err.print(f"Selected round {selected} by validation NDCG@10 {model.selected['valid_NDCG@10']:.3f}")
             err.print(f"You are now ML-100K user {user} ({int(mine.sum())} ratings) in {store.folder}")
         except PersonaError as error:

@@ -29,6 +29,7 @@ def test_demo_federates_through_a_coordinator_then_suggests() -> None:
     with ProfileStore.open() as store:
         assert store.get_meta("demo_user") == "7"
         assert len(store.interactions()) > 0
+        assert store.load_private() is not None  # trained in a cohort, or locally when never drawn
     listed = subprocess.run([*AGENT, "suggest", "--json", "-n", "10"], capture_output=True, text=True, check=True)
     suggestions = json.loads(listed.stdout)["suggestions"]
     assert len(suggestions) == 10 and all(s["title"] for s in suggestions)
