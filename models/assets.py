@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,9 +138,3 @@ def prepare_all(progress: Progress = lambda _msg: None) -> None:
     prepare_encoder(progress)
     prepare_gemma(progress)
     prepare_gemma_torch(progress)
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a folder if it exists (used by tests and reset)."""
-    if path.exists():
-        shutil.rmtree(path)

@@ -115,15 +115,6 @@ class PrivateParams:
         return PrivateParams(user_vector=self.user_vector.copy())
 
 
-def pad_history(history: IntArray, window: int, pad: int) -> IntArray:
-    """The last ``window`` items of a history, left-padded with ``pad`` (most recent item last)."""
-    out = np.full(window, pad, dtype=np.int64)
-    tail = np.asarray(history, dtype=np.int64)[-window:]
-    if len(tail):
-        out[window - len(tail) :] = tail
-    return out
-
-
 class FirstStageScorer:
     """Scores items for users from shared parameters and frozen text vectors (numpy only)."""
 

@@ -49,10 +49,6 @@ class Split:
         """The same split restricted to some users."""
         return Split(self.dataset, self.seed, self.n_items, {u: self.users[u] for u in users})
 
-    def train_sequences(self) -> dict[int, NDArray[np.int64]]:
-        """Each user's training items in time order."""
-        return {u: s.train for u, s in self.users.items()}
-
 
 def _sort_key_ids(ids: list[str]) -> list[int] | list[str]:
     return [int(x) for x in ids] if all(x.isdigit() for x in ids) else ids
