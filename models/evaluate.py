@@ -128,6 +128,13 @@ def metrics_for(model: TrainedModel, split: Split, protocol: Literal["loo99", "f
     return summarize(r, ks=(10,), recall_ks=(20,) if protocol == "full" else ())
 
 
+def _text_tensor(text_vectors: FloatArray) -> Any:
+    """The frozen text vectors as a contiguous float32 torch tensor (torch is imported only here, lazily)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+
+
 def _agents(split: Split, users: list[int]) -> Iterator[tuple[int, IntArray]]:
     for u in users:
         yield u, split.users[u].train
@@ -144,11 +151,10 @@ def train_federated(
     progress: Progress | None = None,
 ) -> TrainedModel:
     """Simulate every user as an agent for ``config.rounds`` rounds; keep the round with the best validation NDCG@10."""
-    import torch
 
     from models.training import TrainConfig, local_train
 
-    text_t = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+    text_t = _text_tensor(text_vectors)
     train_config = TrainConfig(
         n_negatives=config.n_negatives,
         batch_size=config.batch_size,
@@ -197,7 +203,6 @@ def train_central(
     progress: Progress | None = None,
 ) -> TrainedModel:
     """Train the same scorer on pooled data; keep the epoch with the best validation NDCG@10."""
-    import torch
 
     from models.training import TrainConfig, central_train
 
@@ -217,7 +222,7 @@ def train_central(
     central_train(
         SharedParams.init(split.n_items, seed=config.seed),
         [split.users[u].train for u in cohort],
-        torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32)),
+        _text_tensor(text_vectors),
         TrainConfig(n_negatives=config.n_negatives, batch_size=config.batch_size, lr=config.lr, epochs=config.epochs),
         seed=config.seed,
         on_epoch=on_epoch,
@@ -306,11 +311,10 @@ def _cold_private_model(
     shared: SharedParams, cut: Split, text_vectors: FloatArray, config: FederatedConfig
 ) -> TrainedModel:
     """Each cold user trains only a private vector on their k items; the shared part stays as published."""
-    import torch
 
     from models.training import TrainConfig, local_train
 
-    text_t = torch.from_numpy(np.ascontiguousarray(text_vectors, dtype=np.float32))
+    text_t = _text_tensor(text_vectors)
     cfg = TrainConfig(lr=0.0, private_lr=config.private_lr, epochs=3, batch_size=config.batch_size)
     privates: dict[int, PrivateParams] = {}
     for u, s in cut.users.items():
