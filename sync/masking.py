@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -27,15 +28,36 @@ MIN_LEVELS = 2048
 BIT_WIDTHS = (16, 24, 32)
 
 
-def prg_mask(seed: bytes, length: int, bits: int) -> UIntArray:
-    """``length`` pseudo-random integers modulo 2^bits from AES-256-CTR keyed by the 32-byte ``seed``."""
+def _keystream(seed: bytes, length: int) -> bytes:
+    """``4 · length`` bytes of the AES-256-CTR keystream keyed by the 32-byte ``seed``."""
     if len(seed) != 32:
         raise ValueError(f"mask seed must be 32 bytes, got {len(seed)}")
     # Each seed keys exactly one keystream, so a fixed counter block is safe.
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    stream = encryptor.update(bytes(4 * length)) + encryptor.finalize()
-    out = np.frombuffer(stream, dtype="<u4").astype(np.uint32)
+    return encryptor.update(_zeros(4 * length)) + encryptor.finalize()
+
+
+@lru_cache(maxsize=4)
+def _zeros(size: int) -> bytes:
+    return bytes(size)
+
+
+def prg_mask(seed: bytes, length: int, bits: int) -> UIntArray:
+    """``length`` pseudo-random integers modulo 2^bits from AES-256-CTR keyed by the 32-byte ``seed``."""
+    out = np.frombuffer(_keystream(seed, length), dtype="<u4").astype(np.uint32)
     return out & np.uint32((1 << bits) - 1) if bits < 32 else out
+
+
+def add_prg_mask(total: UIntArray, seed: bytes, *, subtract: bool = False) -> None:
+    """Add (or subtract) ``seed``'s mask to ``total`` in place, modulo 2^32.
+
+    The full 32-bit keystream is used: since 2^bits divides 2^32, reducing ``total`` modulo 2^bits afterwards
+    gives exactly what adding ``prg_mask(seed, len(total), bits)`` would, without a temporary per mask.
+    """
+    if total.dtype != np.uint32 or total.ndim != 1:
+        raise ValueError("masks accumulate into a one-dimensional uint32 array")
+    stream = np.frombuffer(_keystream(seed, total.size), dtype="<u4")
+    (np.subtract if subtract else np.add)(total, stream, out=total)
 
 
 def derive_key(

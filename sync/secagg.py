@@ -21,6 +21,7 @@ import os
 import secrets as _secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -32,7 +33,7 @@ from numpy.typing import NDArray
 
 from sync import shamir
 from sync.errors import ProtocolError
-from sync.masking import Quantization, UIntArray, derive_key, pack, prg_mask
+from sync.masking import Quantization, UIntArray, add_prg_mask, derive_key, pack, prg_mask
 
 AGENT_ID_LEN = 16
 
@@ -66,21 +67,29 @@ def share_threshold(degree: int) -> int:
     return degree // 2 + 1
 
 
-def neighbours(cohort_size: int, seed: bytes, degree: int) -> list[list[int]]:
-    """The random k-regular Harary graph of the round: for each cohort index, its neighbours' indices."""
+@lru_cache(maxsize=8)
+def neighbours(cohort_size: int, seed: bytes, degree: int) -> tuple[tuple[int, ...], ...]:
+    """The random k-regular Harary graph of the round: for each cohort index, its neighbours' indices (sorted).
+
+    Computed once per round and cached (the graph is a public function of the round's seed): the coordinator
+    consults it on every setup and share request, and a simulation runs every agent of a cohort in one process.
+    """
     n = cohort_size
     if degree >= n - 1:
-        return [[j for j in range(n) if j != i] for i in range(n)]
+        return tuple(tuple(j for j in range(n) if j != i) for i in range(n))
     order_keys = prg_mask(seed, n, 32)
     ring = np.argsort(order_keys, kind="stable")  # ring[p] = the agent at ring position p
     position = np.empty(n, dtype=np.int64)
     position[ring] = np.arange(n)
     half = degree // 2
-    out: list[list[int]] = []
-    for i in range(n):
-        p = int(position[i])
-        out.append(sorted(int(ring[(p + d) % n]) for d in range(-half, half + 1) if d != 0))
-    return out
+    offsets = np.array([d for d in range(-half, half + 1) if d != 0], dtype=np.int64)
+    graph = np.sort(ring[(position[:, None] + offsets[None, :]) % n], axis=1)
+    return tuple(tuple(row) for row in graph.tolist())
+
+
+def cohort_index(cohort: Sequence[str]) -> dict[str, int]:
+    """Each cohort member's 0-based index (its Shamir point is the index + 1)."""
+    return {agent: i for i, agent in enumerate(cohort)}
 
 
 @dataclass(frozen=True)
@@ -134,14 +143,12 @@ class AgentSession:
     received: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)  # from U2 neighbours: (b, s_sk) shares
     u2: frozenset[str] | None = None
     revealed: dict[str, str] = field(default_factory=dict)  # peer -> "b" or "s"
+    share_keys_by_peer: dict[str, bytes] = field(default_factory=dict, repr=False)  # share-encryption keys
 
     def advertise(self) -> tuple[bytes, bytes, bytes]:
         """(c_pk, s_pk, signature) for the advertise stage."""
         c_pk, s_pk = raw_public(self.c_sk), raw_public(self.s_sk)
         return c_pk, s_pk, self.identity.sign(round_keys_message(self.round_id, self.agent_id, c_pk, s_pk))
-
-    def _index(self, cohort: Sequence[str], agent: str) -> int:
-        return cohort.index(agent)
 
     def share_keys(self, setup: RoundSetup, peers: Sequence[PeerKeys]) -> dict[str, bytes]:
         """Verify the cohort, the graph and each neighbour's keys; return an encrypted share pair per neighbour."""
@@ -154,8 +161,8 @@ class AgentSession:
             raise ProtocolError("the round's graph degree or threshold is not the protocol's")
         if setup.min_survivors < setup.threshold:
             raise ProtocolError("the round would unmask below the share threshold")
-        me = self._index(cohort, self.agent_id)
-        expected = {cohort[j] for j in neighbours(len(cohort), setup.seed, setup.degree)[me]}
+        index = cohort_index(cohort)
+        expected = {cohort[j] for j in neighbours(len(cohort), setup.seed, setup.degree)[index[self.agent_id]]}
         if {p.agent_id for p in peers} != expected or len(peers) != len(expected):
             raise ProtocolError("the neighbours relayed are not this agent's neighbours in the round graph")
         for peer in peers:
@@ -163,15 +170,13 @@ class AgentSession:
         self.setup = setup
         self.peers = {p.agent_id: p for p in peers}
         order = sorted(self.peers)
-        xs = [self._index(cohort, v) + 1 for v in order]
+        xs = [index[v] + 1 for v in order]
         b_shares = shamir.split(self.self_seed, xs, setup.threshold)
         s_raw = self.s_sk.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         s_shares = shamir.split(s_raw, xs, setup.threshold)
         out: dict[str, bytes] = {}
         for v, b_share, s_share in zip(order, b_shares, s_shares, strict=True):
-            key = derive_key(
-                self.c_sk, self.peers[v].c_pk, purpose="share-enc", round_id=self.round_id, a=self.agent_id, b=v
-            )
+            key = self._share_key(v)
             nonce = os.urandom(12)
             plain = self.agent_id.encode() + v.encode() + b_share + s_share
             out[v] = nonce + AESGCM(key).encrypt(nonce, plain, str(self.round_id).encode())
@@ -188,11 +193,8 @@ class AgentSession:
         if set(inbox) != survivors & set(self.peers):
             raise ProtocolError("the inbox does not hold exactly one share from each neighbour in U2")
         for v, blob in inbox.items():
-            key = derive_key(
-                self.c_sk, self.peers[v].c_pk, purpose="share-enc", round_id=self.round_id, a=self.agent_id, b=v
-            )
             try:
-                plain = AESGCM(key).decrypt(blob[:12], blob[12:], str(self.round_id).encode())
+                plain = AESGCM(self._share_key(v)).decrypt(blob[:12], blob[12:], str(self.round_id).encode())
             except InvalidTag as error:
                 raise ProtocolError(f"share from {v} fails authentication") from error
             n = AGENT_ID_LEN
@@ -206,13 +208,12 @@ class AgentSession:
             raise ValueError(f"contribution has shape {values.shape}, expected ({setup.vector_size},)")
         q = setup.quantization
         y, _clamped = q.encode(values)
-        y = y + prg_mask(self.self_seed, setup.vector_size, q.bits)
+        add_prg_mask(y, self.self_seed)
         for v in sorted(survivors & set(self.peers)):
             seed = derive_key(
                 self.s_sk, self.peers[v].s_pk, purpose="mask", round_id=self.round_id, a=self.agent_id, b=v
             )
-            mask = prg_mask(seed, setup.vector_size, q.bits)
-            y = y + mask if self.agent_id < v else y - mask
+            add_prg_mask(y, seed, subtract=self.agent_id > v)
         return pack(y & q.modulus_mask, q.bits)
 
     def unmask(self, u2: Sequence[str], u3: Sequence[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -234,6 +235,16 @@ class AgentSession:
             self.revealed[v] = kind
             (b_out if kind == "b" else s_out)[v] = b_share if kind == "b" else s_share
         return b_out, s_out
+
+    def _share_key(self, peer: str) -> bytes:
+        """The key encrypting the shares exchanged with ``peer`` (derived once, kept for the round)."""
+        key = self.share_keys_by_peer.get(peer)
+        if key is None:
+            key = derive_key(
+                self.c_sk, self.peers[peer].c_pk, purpose="share-enc", round_id=self.round_id, a=self.agent_id, b=peer
+            )
+            self.share_keys_by_peer[peer] = key
+        return key
 
     def _require_setup(self) -> RoundSetup:
         if self.setup is None:
@@ -259,6 +270,7 @@ def unmasking_vector(
     """
     q = setup.quantization
     cohort = list(setup.cohort)
+    index = cohort_index(cohort)
     graph = neighbours(len(cohort), setup.seed, setup.degree)
     survived, shared = set(u3), set(u2)
     total = np.zeros(setup.vector_size, dtype=np.uint32)
@@ -266,17 +278,16 @@ def unmasking_vector(
         shares = b_shares.get(u, ())
         if len(shares) < setup.threshold:
             raise ProtocolError(f"only {len(shares)} shares of {u}'s self-mask seed; need {setup.threshold}")
-        total += prg_mask(shamir.combine(list(shares), setup.threshold), setup.vector_size, q.bits)
+        add_prg_mask(total, shamir.combine(list(shares), setup.threshold))
     for v in sorted(shared - survived):
         shares = s_shares.get(v, ())
         if len(shares) < setup.threshold:
             raise ProtocolError(f"only {len(shares)} shares of dropped {v}'s mask key; need {setup.threshold}")
         s_sk = X25519PrivateKey.from_private_bytes(shamir.combine(list(shares), setup.threshold))
-        for j in graph[cohort.index(v)]:
+        for j in graph[index[v]]:
             w = cohort[j]
             if w not in survived:
                 continue
             seed = derive_key(s_sk, s_pks[w], purpose="mask", round_id=setup.round_id, a=v, b=w)
-            mask = prg_mask(seed, setup.vector_size, q.bits)
-            total = total + mask if w < v else total - mask  # w added +mask iff w < v
+            add_prg_mask(total, seed, subtract=w > v)  # w added +mask iff w < v
     return total & q.modulus_mask

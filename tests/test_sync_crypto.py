@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sync import secagg, shamir
-from sync.masking import Quantization, pack, prg_mask, unpack
+from sync.masking import Quantization, add_prg_mask, pack, prg_mask, unpack
 from sync.privacy import PrivacyParams, clip, epsilon, prepare_contribution, weighted_mean
 
 
@@ -63,6 +63,17 @@ def test_pack_roundtrip_and_length_check() -> None:
     assert np.array_equal(unpack(data, 24, 77), values)
     with pytest.raises(ValueError, match="expected"):
         unpack(data[:-1], 24, 77)
+
+
+def test_masks_accumulated_in_place_equal_the_reduced_masks() -> None:
+    a, b = os.urandom(32), os.urandom(32)
+    total = np.arange(1000, dtype=np.uint32)
+    add_prg_mask(total, a)
+    add_prg_mask(total, b, subtract=True)
+    expected = (np.arange(1000, dtype=np.int64) + prg_mask(a, 1000, 24) - prg_mask(b, 1000, 24)) % (1 << 24)
+    assert np.array_equal(total & np.uint32((1 << 24) - 1), expected.astype(np.uint32))
+    with pytest.raises(ValueError, match="uint32"):
+        add_prg_mask(np.zeros(10, dtype=np.int64), a)  # type: ignore[arg-type]
 
 
 def test_graph_is_symmetric_regular_and_seeded() -> None:

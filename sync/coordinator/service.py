@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,28 @@ STAGE_SECONDS = {
     "masked_input": "masked_input_s",
     "unmask": "unmask_s",
 }
+
+
+@lru_cache(maxsize=8)
+def _parse_setup(round_id: int, text: str, seed: bytes) -> secagg.RoundSetup:
+    """A round's stored setup (parsed once per round: every setup and share request consults it)."""
+    doc = json.loads(text)
+    q = doc["quantization"]
+    return secagg.RoundSetup(
+        round_id=round_id,
+        cohort=tuple(doc["cohort"]),
+        seed=seed,
+        degree=doc["degree"],
+        threshold=doc["threshold"],
+        min_survivors=doc["min_survivors"],
+        quantization=Quantization(bits=q["bits"], levels=q["levels"], bound=q["bound"]),
+        vector_size=doc["vector_size"],
+    )
+
+
+@lru_cache(maxsize=8)
+def _cohort_position(cohort: tuple[str, ...]) -> dict[str, int]:
+    return secagg.cohort_index(cohort)
 
 
 class Rejection(Exception):
@@ -356,30 +379,32 @@ class Coordinator:
                 self._require_stage(row, "share_keys")
             self._member(round_id, agent_id)
             setup = self._setup(row)
-            me = setup.cohort.index(agent_id)
-            peers = []
-            for j in secagg.neighbours(len(setup.cohort), setup.seed, setup.degree)[me]:
-                other = setup.cohort[j]
-                c_pk, s_pk, sig, *_ = self._member(round_id, other)
-                peers.append(secagg.PeerKeys(other, self.identity_key(other), bytes(c_pk), bytes(s_pk), bytes(sig)))
-            return setup, peers
+            wanted = self._neighbours_of(setup, agent_id)
+            found = {
+                str(a): secagg.PeerKeys(str(a), bytes(key), bytes(c_pk), bytes(s_pk), bytes(sig))
+                for a, key, c_pk, s_pk, sig in self.db.execute(
+                    "SELECT m.agent_id, a.public_key, m.c_pk, m.s_pk, m.key_sig FROM members m"
+                    " JOIN agents a ON a.agent_id = m.agent_id"
+                    f" WHERE m.round_id = ? AND m.agent_id IN ({', '.join('?' * len(wanted))})",
+                    (round_id, *wanted),
+                )
+            }
+            missing = [a for a in wanted if a not in found]
+            if missing:
+                raise Rejection(404, "unknown_agent", missing[0])
+            return setup, [found[a] for a in wanted]
+
+    @staticmethod
+    def _neighbours_of(setup: secagg.RoundSetup, agent_id: str) -> list[str]:
+        """``agent_id``'s neighbours in the round graph, in graph order (the graph is cached per round)."""
+        me = _cohort_position(setup.cohort)[agent_id]
+        return [setup.cohort[j] for j in secagg.neighbours(len(setup.cohort), setup.seed, setup.degree)[me]]
 
     @staticmethod
     def _setup(row: sqlite3.Row) -> secagg.RoundSetup:
         if row["setup"] is None:
             raise Rejection(409, "wrong_stage", "the round has no cohort yet")
-        doc = json.loads(row["setup"])
-        q = doc["quantization"]
-        return secagg.RoundSetup(
-            round_id=int(row["round_id"]),
-            cohort=tuple(doc["cohort"]),
-            seed=bytes(row["seed"]),
-            degree=doc["degree"],
-            threshold=doc["threshold"],
-            min_survivors=doc["min_survivors"],
-            quantization=Quantization(bits=q["bits"], levels=q["levels"], bound=q["bound"]),
-            vector_size=doc["vector_size"],
-        )
+        return _parse_setup(int(row["round_id"]), str(row["setup"]), bytes(row["seed"]))
 
     def post_shares(self, round_id: int, agent_id: str, shares: dict[str, bytes]) -> None:
         """Store an agent's encrypted shares, exactly one per neighbour."""
@@ -389,9 +414,7 @@ class Coordinator:
             if member[3]:
                 raise Rejection(409, "already_submitted", "shares already received from this agent")
             setup = self._setup(row)
-            me = setup.cohort.index(agent_id)
-            expected = {setup.cohort[j] for j in secagg.neighbours(len(setup.cohort), setup.seed, setup.degree)[me]}
-            if set(shares) != expected:
+            if set(shares) != set(self._neighbours_of(setup, agent_id)):
                 raise Rejection(400, "wrong_recipients", "exactly one share per neighbour in the round graph")
             if any(len(c) > 1024 for c in shares.values()):
                 raise Rejection(400, "share_too_large", "an encrypted share is at most 1 KiB")
