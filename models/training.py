@@ -109,6 +109,21 @@ def _sampled_softmax_loss(
     return torch.nn.functional.cross_entropy(scores, torch.zeros(len(rows), dtype=torch.long))
 
 
+def _apply_proximal(
+    params: list[torch.nn.Parameter],
+    start: torch.Tensor,
+    proximal: Callable[[torch.Tensor, float], torch.Tensor],
+    lr: float,
+) -> None:
+    """Replace the shared parameters by ``start + proximal(current − start, lr)`` (flat, in field order)."""
+    with torch.no_grad():
+        corrected = proximal(torch.cat([p.reshape(-1) for p in params]) - start, lr) + start
+        offset = 0
+        for p in params:
+            p.copy_(corrected[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+
+
 def local_train(
     shared: SharedParams,
     private: PrivateParams,
@@ -117,8 +132,14 @@ def local_train(
     config: TrainConfig,
     *,
     seed: int,
+    proximal: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
 ) -> LocalResult:
-    """Train shared and private parameters on one user's own training sequence only."""
+    """Train shared and private parameters on one user's own training sequence only.
+
+    ``proximal``, if given, is a penalty on the shared delta applied as a proximal step after every optimizer
+    step: it maps (the flat shared delta so far, in :meth:`SharedParams.to_vector` order; the learning rate) to
+    the corrected delta (the leakage-aware objective of ``models.leakage``).
+    """
     torch.set_num_threads(config.torch_threads)
     n_items = shared.n_items
     hist, targets = sequence_examples(train_seq, shared.window, n_items)
@@ -133,6 +154,7 @@ def local_train(
     private_opt = torch.optim.Adam([module.user_vectors], lr=config.private_lr)
     generator = torch.Generator().manual_seed(seed)
     hist_t, targets_t = torch.from_numpy(hist), torch.from_numpy(targets)
+    start_vector = torch.from_numpy(shared.to_vector())
     n = len(targets)
     losses: list[float] = []
     for _ in range(config.epochs):
@@ -148,6 +170,8 @@ def local_train(
             loss.backward()  # type: ignore[no-untyped-call]
             shared_opt.step()
             private_opt.step()
+            if proximal is not None:
+                _apply_proximal(module.shared_parameters(), start_vector, proximal, config.lr)
             losses.append(float(loss.detach()))
     new_shared, new_private = module.export()
     return LocalResult(
