@@ -280,10 +280,13 @@ class AgentClient:
         timeout: float = 300.0,
         progress: Progress | None = None,
         drop_after_shares: bool = False,
+        factor: float = 1.0,
     ) -> RoundResult:
         """Join the next round with this shared delta and weight; return when it is unmasked or abandoned.
 
-        ``drop_after_shares`` simulates a device that vanishes after the share-keys stage (for tests and benches).
+        ``factor`` ∈ [0, 1] scales the weight inside the masked vector (personality-aware aggregation,
+        ``sync.privacy.personality_factor``). ``drop_after_shares`` simulates a device that vanishes after the
+        share-keys stage (for tests and benches).
         """
         report = progress or (lambda _stage, _info: None)
         deadline = time.monotonic() + timeout
@@ -330,7 +333,9 @@ class AgentClient:
                 return result
             await self._stage(watcher, round_id, "masked_input", deadline)
             doc = (await self.request("GET", f"{API}/rounds/{round_id}/inbox")).json()
-            contribution = prepare_contribution(delta, n_examples, privacy, noise_divisor=setup.min_survivors)
+            contribution = prepare_contribution(
+                delta, n_examples, privacy, noise_divisor=setup.min_survivors, factor=factor
+            )
             result.contribution = contribution
             inbox = {k: b64d(v) for k, v in doc["shares"].items()}
             masked = timed(lambda: session.masked_input(doc["u2"], inbox, contribution.vector))

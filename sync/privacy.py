@@ -67,18 +67,42 @@ def clip(delta: NDArray[np.floating], bound: float) -> tuple[NDArray[np.float64]
 
 
 def prepare_contribution(
-    delta: NDArray[np.floating], n_examples: float, params: PrivacyParams, *, noise_divisor: int
+    delta: NDArray[np.floating],
+    n_examples: float,
+    params: PrivacyParams,
+    *,
+    noise_divisor: int,
+    factor: float = 1.0,
+    rng: np.random.Generator | None = None,
 ) -> Contribution:
-    """Clip, weight, append the weight element and add this agent's share of the noise (see the module docstring)."""
+    """Clip, weight, append the weight element and add this agent's share of the noise (see the module docstring).
+
+    ``factor`` ∈ [0, 1] multiplies the weight (personality-aware aggregation, :func:`personality_factor`); it can
+    only shrink the contribution, so the sensitivity stays √2·C. ``rng`` replaces the fresh secure seed (for
+    reproducible simulations only).
+    """
     if noise_divisor < 1:
         raise ValueError("noise_divisor (the round's unmasking threshold) must be at least 1")
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"the weight factor must lie in [0, 1], got {factor}")
     clipped, norm = clip(delta, params.clip)
-    weight = min(max(float(n_examples), 0.0), params.weight_cap) / params.weight_cap
+    weight = factor * min(max(float(n_examples), 0.0), params.weight_cap) / params.weight_cap
     joint = np.concatenate([weight * clipped, [weight * params.clip]])
     if params.sigma > 0:
-        rng = np.random.default_rng(secrets.randbits(128))
-        joint += rng.normal(0.0, params.sigma * params.clip / math.sqrt(noise_divisor), size=joint.shape)
+        noise = rng or np.random.default_rng(secrets.randbits(128))
+        joint += noise.normal(0.0, params.sigma * params.clip / math.sqrt(noise_divisor), size=joint.shape)
     return Contribution(vector=joint, norm_before_clip=norm, weight=weight)
+
+
+def personality_factor(leakage: float, quality: float) -> float:
+    """An agent's weight factor from its own local scores (personality-aware aggregation, README § Privacy).
+
+    ``leakage`` ∈ [0, 1] is the published probe's confidence on the agent's own delta and ``quality`` ∈ [0, 1]
+    its own check that the delta helps (both computed on the device); the factor ``(1 − leakage) · quality``
+    lies in [0, 1] and rides inside the masked sum as part of the weight, so the coordinator only ever learns
+    the cohort's total.
+    """
+    return float(np.clip(1.0 - leakage, 0.0, 1.0) * np.clip(quality, 0.0, 1.0))
 
 
 def weighted_mean(joint_sum: NDArray[np.floating], clip_bound: float) -> NDArray[np.float32] | None:
