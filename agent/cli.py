@@ -706,6 +706,10 @@ from agent.cli_sync import sync_command  # noqa: E402  (it uses this module's he
 
 app.command(name="sync")(sync_command)
 
+from agent.cli_audit import audit_command  # noqa: E402  (it uses this module's helpers at call time)
+
+app.command(name="audit")(audit_command)
+
 
 def main() -> None:
     """Console entry point."""
