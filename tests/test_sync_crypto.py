@@ -8,8 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync import secagg, shamir
+from sync.errors import ProtocolError
 from sync.masking import Quantization, add_prg_mask, pack, prg_mask, unpack
 from sync.privacy import PrivacyParams, clip, epsilon, prepare_contribution, weighted_mean
 
@@ -74,6 +76,24 @@ def test_masks_accumulated_in_place_equal_the_reduced_masks() -> None:
     assert np.array_equal(total & np.uint32((1 << 24) - 1), expected.astype(np.uint32))
     with pytest.raises(ValueError, match="uint32"):
         add_prg_mask(np.zeros(10, dtype=np.int64), a)  # type: ignore[arg-type]
+
+
+def test_round_keys_must_be_signed_by_the_identity_key_even_after_a_valid_check() -> None:
+    identity = Ed25519PrivateKey.generate()
+    public = secagg.raw_public(identity)
+    agent = secagg.agent_id_for(public)
+    c_pk, s_pk = os.urandom(32), os.urandom(32)
+    signature = identity.sign(secagg.round_keys_message(3, agent, c_pk, s_pk))
+    secagg.PeerKeys(agent, public, c_pk, s_pk, signature).verify(3)
+    secagg.PeerKeys(agent, public, c_pk, s_pk, signature).verify(3)  # the memoised answer
+    for tampered in (
+        secagg.PeerKeys(agent, public, c_pk, os.urandom(32), signature),
+        secagg.PeerKeys(agent, public, c_pk, s_pk, bytes(64)),
+    ):
+        with pytest.raises(ProtocolError, match="not signed"):
+            tampered.verify(3)
+    with pytest.raises(ProtocolError, match="not signed"):
+        secagg.PeerKeys(agent, public, c_pk, s_pk, signature).verify(4)  # another round
 
 
 def test_graph_is_symmetric_regular_and_seeded() -> None:
