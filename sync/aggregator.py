@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,15 @@ from sync.wire import API
 
 
 class _Throttled(httpx.AsyncBaseTransport):
-    """A pool of ``limit`` keep-alive connections with at most ``limit`` requests in flight; the rest queue here.
+    """A pool of ``limit`` keep-alive connections with at most ``limit`` requests in flight; the rest queue here,
+    requests with a body (an agent's answer) ahead of the others.
 
     httpcore's pool rescans all its connections (and every request queued in it) whenever a request starts or
     ends; with a thousand simulated agents queueing inside it, that bookkeeping cost more CPU than the agents'
     cryptography. Each response is read in full before its slot is released, since only then is its connection
-    free again.
+    free again. Answers go first because every agent of a stage first asks for its inputs and then posts: served
+    in arrival order, the posts would wait behind all the questions and reach the coordinator in one burst at the
+    end of the stage, instead of while the simulation computes the next agents' answers.
     """
 
     def __init__(self, limit: int) -> None:
@@ -45,15 +49,42 @@ class _Throttled(httpx.AsyncBaseTransport):
         self._inner = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
         )
-        self._slots = asyncio.Semaphore(limit)
+        self._free = limit
+        self._answers: deque[asyncio.Future[None]] = deque()
+        self._questions: deque[asyncio.Future[None]] = deque()
+
+    async def _acquire(self, answer: bool) -> None:
+        if self._free > 0 and not self._answers and not self._questions:
+            self._free -= 1
+            return
+        slot = asyncio.get_running_loop().create_future()
+        (self._answers if answer else self._questions).append(slot)
+        try:
+            await slot
+        except asyncio.CancelledError:
+            if slot.done() and not slot.cancelled():
+                self._release()  # handed a slot just as it was cancelled: pass it on
+            raise
+
+    def _release(self) -> None:
+        for queue in (self._answers, self._questions):
+            while queue:
+                slot = queue.popleft()
+                if not slot.done():
+                    slot.set_result(None)  # the slot passes straight to the next waiter
+                    return
+        self._free += 1
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        async with self._slots:
+        await self._acquire(answer=request.method != "GET")
+        try:
             response = await self._inner.handle_async_request(request)
             try:
                 raw = b"".join([chunk async for chunk in response.aiter_raw()])
             finally:
                 await response.aclose()
+        finally:
+            self._release()
         return httpx.Response(
             response.status_code, headers=response.headers, content=raw, request=request, extensions=response.extensions
         )
