@@ -233,6 +233,12 @@ def _retrain(store: ProfileStore) -> None:
     with err.status("training the private adapter (worker process)"):
         result = run_training(passphrase=passphrase)
     err.print(f"private adapter retrained on {result['n_examples']} examples in {result['seconds']:.1f} s")
+    lora = result.get("private_lora") or {}
+    if lora.get("trained"):
+        err.print(f"private LoRA retrained on {lora['pairs']} pairs in {lora['seconds']:.1f} s ({lora['bytes']:,} B)")
+    elif lora:
+        removed = " (the previous one was removed)" if lora.get("removed_previous") else ""
+        err.print(f"private LoRA not trained: {lora['skipped']}{removed}")
 
 
 @app.callback(invoke_without_command=True)
@@ -290,14 +296,23 @@ def suggest(
     n: Annotated[int, typer.Option("-n", help="How many suggestions.", min=1)] = 10,
     query: Annotated[str | None, typer.Option("--query", "-q", help="Blend this text into your taste.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    use_rerank: Annotated[
+        bool, typer.Option("--rerank/--no-rerank", help="Let the language model rerank the top k ([rerank] k).")
+    ] = True,
 ) -> None:
-    """Suggest items from the first-stage scorer, each with a one-line reason (never imports torch)."""
+    """Suggest items (first stage, then the language model's rerank of its top k), each with a one-line reason.
+
+    Never imports torch. A foundation model or adapter that fails its checksum is reported on stderr and the first
+    stage's suggestions are shown (exit 0)."""
+    from agent import rerank
+
     with _open_store() as store:
         profile = _open_profile(store)
         try:
-            profile.query_weight = load_settings().query_weight
+            settings = load_settings()
         except PersonaError as error:
             _fail(error)
+        profile.query_weight = settings.query_weight
         liked, _disliked = profile.feedback()
         if not len(liked) and not query:
             _fail(
@@ -308,15 +323,29 @@ def suggest(
                 )
             )
         try:
-            items = [s.as_dict() for s in profile.suggest(n, query=query)]
+            outcome = rerank.suggest(profile, n, settings.rerank, query=query, requested=use_rerank)
         except PersonaError as error:
             _fail(error)
             return
-        body = {"catalog": profile.catalog.name, "query": query, "suggestions": items}
+        if outcome.error is not None:
+            err.print(f"[bold yellow]{escape(outcome.error.title)}:[/] {escape(outcome.error.message)}")
+            err.print("Showing the first stage's suggestions without the language model's rerank.")
+            if outcome.error.hint:
+                err.print(escape(outcome.error.hint))
+        items = [s.as_dict() for s in outcome.suggestions]
+        body: dict[str, Any] = {
+            "catalog": profile.catalog.name,
+            "query": query,
+            "suggestions": items,
+            "rerank": outcome.as_dict(settings.rerank),
+        }
     if as_json:
         _emit_json(body)
         return
-    table = Table(title=f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else ""))
+    table = Table(
+        title=f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else ""),
+        caption=body["rerank"]["note"],
+    )
     for col in ("#", "title", "year", "tags", "score", "why"):
         table.add_column(col)
     for rank, row in enumerate(items, 1):
@@ -517,6 +546,15 @@ def inspect(
         )
     )
     out.print(f"shared adapter: {body['shared_adapter']['version']}")
+    lora = body["private_lora"]
+    out.print(
+        f"private LoRA (language model): {lora['pairs']} pairs, loss {lora['loss']:.3f}, "
+        f"|ΔW| {lora['delta_norm']:.3f}, {lora['bytes'] or 0:,} bytes, revision {lora['revision']}"
+        if lora["stored"]
+        else "private LoRA (language model): not trained (needs 5 liked items, then `agent train`)"
+    )
+    shared_lora = body["shared_lora"]
+    out.print(f"shared LoRA: {shared_lora['version']}" if shared_lora["stored"] else "shared LoRA: zero until a sync")
     egress = body["egress"]
     out.print(
         f"shared so far: {egress['rounds']} sync rounds, {egress['bytes_sent']:,} bytes sent, "

@@ -25,7 +25,7 @@ import numpy as np
 
 from agent import paths
 from agent.errors import AmbiguousItemError, ItemNotFoundError, ProfileError
-from agent.store import SHARED_FIRST_STAGE, ProfileStore
+from agent.store import PRIVATE_LORA, SHARED_FIRST_STAGE, SHARED_LORA, AdapterRecord, ProfileStore
 from models.data import Catalog
 from models.retrieval import (
     DEFAULT_DIM,
@@ -140,6 +140,10 @@ class Suggestion:
     reason: str
     because: list[str] = field(default_factory=list)
     """Labels of the history items that pulled hardest toward this item."""
+    first_stage_rank: int | None = None
+    """1-based rank in the first stage, when the language model reranked the list (else None)."""
+    fm_score: float | None = None
+    """The language model's logit(" Yes") − logit(" No") for this item, when it was reranked (else None)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -151,6 +155,8 @@ class Suggestion:
             "score": round(self.score, 4),
             "reason": self.reason,
             "because": self.because,
+            "first_stage_rank": self.first_stage_rank,
+            "fm_score": None if self.fm_score is None else round(self.fm_score, 4),
         }
 
 
@@ -404,6 +410,8 @@ class Profile:
                 "adapted_to_catalog": bool(self.shared_meta.get("adapted")),
                 "stored": shared_record is not None,
             },
+            "private_lora": lora_summary(self.store.adapter_record(PRIVATE_LORA)),
+            "shared_lora": lora_summary(self.store.adapter_record(SHARED_LORA)),
             "last_training": self.store.last_training(),
             "egress": egress_summary(ledger),
             "paths": {**paths.all_paths(), "profile_files": [str(p) for p in self.store.files()]},
@@ -481,6 +489,21 @@ class Profile:
             ]
             hits = exact or near
         return hits[0] if len(hits) == 1 else None
+
+
+def lora_summary(record: AdapterRecord | None) -> dict[str, Any]:
+    """What ``agent inspect`` says about a LoRA adapter of the language model (its record's meta and file)."""
+    if record is None:
+        return {"stored": False}
+    return {
+        "stored": True,
+        **record.meta,
+        "revision": record.version,
+        "sha256": record.sha256,
+        "updated_at": record.updated_at,
+        "file": str(record.file),
+        "bytes": record.file.stat().st_size if record.file.is_file() else None,
+    }
 
 
 def egress_summary(ledger: list[dict[str, Any]]) -> dict[str, Any]:

@@ -5,7 +5,8 @@ Layout of the data folder::
     profile.sqlite3 (+ -wal, -shm)  interactions, catalogs, adapter records, egress ledger, training runs
     profile.sqlite3.enc             instead of the above when the profile is encrypted (AES-GCM, see agent.crypto)
     keyfile.json                    KDF salt and key check, only when encrypted
-    adapters/NAME.SHA12.bin         adapter files (private first-stage vector, shared first-stage params, ...)
+    adapters/NAME.SHA12.bin         adapter files (private first-stage vector, shared first-stage params, the
+                                    private LoRA as GGUF, the shared LoRA's numbers, ...)
     catalogs/NAME.jsonl             imported catalogs
 
 Every write is atomic. Database writes are single SQLite transactions (``BEGIN IMMEDIATE`` ... ``COMMIT``).
@@ -29,6 +30,7 @@ import io
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +44,7 @@ import numpy as np
 from agent import crypto, paths
 from agent.errors import AdapterChecksumError, ProfileError
 from models.assets import atomic_write_bytes
+from models.lora import LoraWeights, load_weights, save_weights
 from models.retrieval import PrivateParams, SharedParams
 
 DB_NAME = "profile.sqlite3"
@@ -53,6 +56,10 @@ CATALOGS_DIR = "catalogs"
 
 PRIVATE_FIRST_STAGE = "private_first_stage"
 SHARED_FIRST_STAGE = "shared_first_stage"
+PRIVATE_LORA = "private_lora"
+"""The private LoRA φ_u of the foundation model, stored as the GGUF llama.cpp loads (trained by the worker)."""
+SHARED_LORA = "shared_lora"
+"""The shared LoRA φ_g's numbers (what the federation averages); absent until a sync provides one."""
 
 POSITIVE_KINDS = ("like", "watched")
 """Interaction kinds that always count as liked; a ``rating`` counts as liked when it is at least 3."""
@@ -628,6 +635,65 @@ class ProfileStore:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             shared = SharedParams(**{name: arrays[name].astype(np.float32) for name in SharedParams.FIELDS})
         return shared, record.meta
+
+    def delete_adapter(self, name: str) -> bool:
+        """Remove adapter ``name``: its row, then its file (zeroed first); False when there was none."""
+        with self._lock:
+            previous = self.adapter_record(name)
+            if previous is None:
+                return False
+            with self._write() as conn:
+                conn.execute("DELETE FROM adapters WHERE name = ?", (name,))
+            _shred(previous.file)
+        return True
+
+    @contextmanager
+    def adapter_as_file(self, name: str) -> Iterator[Path | None]:
+        """Adapter ``name`` as a plain file for a native loader (llama.cpp), with its SHA-256 written beside it as
+        ``PATH.sha256``; None when there is no such adapter.
+
+        The bytes are checked against the store's checksum (and decrypted) first; the copy lives in a private
+        temporary folder inside the data folder and is zeroed and removed when the block ends.
+        """
+        data = self.read_adapter(name)
+        if data is None:
+            yield None
+            return
+        with tempfile.TemporaryDirectory(dir=self.folder, prefix=".serve-") as tmp:
+            path = Path(tmp) / f"{name}.gguf"
+            sums = path.with_suffix(path.suffix + ".sha256")
+            path.write_bytes(data)
+            sums.write_text(f"{_sha256(data)}  {path.name}\n")
+            try:
+                yield path
+            finally:
+                _shred(path)
+                _shred(sums)
+
+    def save_private_lora(self, gguf: bytes, *, meta: dict[str, Any] | None = None) -> AdapterRecord:
+        """Store a new private LoRA (the GGUF bytes :func:`models.lora.export_gguf` wrote)."""
+        return self.write_adapter(PRIVATE_LORA, gguf, meta=meta)
+
+    def save_shared_lora(
+        self, weights: LoraWeights, *, version: str, meta: dict[str, Any] | None = None
+    ) -> AdapterRecord:
+        """Store the shared LoRA's numbers (φ_g, e.g. as a sync applies it) with the federation's version label."""
+        with tempfile.TemporaryDirectory(dir=self.folder, prefix=".lora-") as tmp:
+            save_weights(weights, Path(tmp) / "shared.npz")
+            data = (Path(tmp) / "shared.npz").read_bytes()
+        return self.write_adapter(SHARED_LORA, data, meta={"version": version, **(meta or {})})
+
+    def load_shared_lora(self) -> tuple[LoraWeights, dict[str, Any]] | None:
+        """The shared LoRA and its meta (with ``version``), or None while no sync has provided one."""
+        data = self.read_adapter(SHARED_LORA)
+        if data is None:
+            return None
+        record = self.adapter_record(SHARED_LORA)
+        assert record is not None
+        with tempfile.TemporaryDirectory(dir=self.folder, prefix=".lora-") as tmp:
+            (Path(tmp) / "shared.npz").write_bytes(data)
+            weights = load_weights(Path(tmp) / "shared.npz")
+        return weights, record.meta
 
     # -- egress ledger ---------------------------------------------------------------------------------------
     def append_egress(self, entry: dict[str, Any]) -> int:

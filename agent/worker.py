@@ -10,8 +10,10 @@ on the person's own feedback only, so a forgotten item leaves no trace in it:
 * a pairwise term that ranks each disliked item below random items;
 * an L2 penalty on θ_u (the Ψ(φ_u) of the objective).
 
-The new vector is written through :class:`agent.store.ProfileStore` (new file, then the row switch), so a crash
-leaves the previous adapter. The result is one JSON object on stdout; errors go to stderr with exit code 1.
+Then the foundation model's private LoRA is retrained on the same feedback (:mod:`agent.private_lora`; skipped,
+and any stale one removed, with fewer than five liked items). Both are written through
+:class:`agent.store.ProfileStore` (new file, then the row switch), so a crash leaves the previous adapter.
+The result is one JSON object on stdout; errors go to stderr with exit code 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -102,8 +105,11 @@ def train_private(
     return PrivateParams(user_vector=vector), n + len(disliked), loss_value
 
 
-def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrainConfig()) -> dict[str, float | int]:
-    """Retrain and store this profile's private adapter; returns what the run did."""
+def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrainConfig()) -> dict[str, Any]:
+    """Retrain and store this profile's private adapter (first-stage vector, then LoRA); returns what the run did."""
+    from agent.private_lora import train_private_lora
+    from agent.settings import load_settings
+
     started = time.perf_counter()
     profile = Profile.load(store)
     liked, disliked = profile.feedback()
@@ -113,11 +119,13 @@ def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrain
         private, meta={"catalog": profile.catalog.name, "shared_version": profile.shared_meta["version"]}
     )
     store.record_training(adapter=PRIVATE_FIRST_STAGE, n_examples=n_examples, mean_loss=loss, seconds=seconds)
+    lora = train_private_lora(store, profile, liked, private, load_settings().rerank)
     return {
         "n_examples": n_examples,
         "loss": round(loss, 5),
         "seconds": round(seconds, 3),
         "norm": round(float(np.linalg.norm(private.user_vector)), 5),
+        "private_lora": lora,
     }
 
 

@@ -72,12 +72,25 @@ def test_suggest_without_feedback_says_what_to_do() -> None:
     assert "Traceback" not in result.output
 
 
-def test_suggest_path_never_imports_torch() -> None:
+def _random_private_lora(tmp_path: Path) -> bytes:
+    """A private LoRA with random (non-zero) B factors, as GGUF bytes (numpy only: no training needed here)."""
+    from models.lora import LoraWeights, default_private_spec, export_gguf
+
+    weights = LoraWeights.init(default_private_spec(), {"q_proj": (1024, 640), "v_proj": (256, 640)})
+    rng = np.random.default_rng(0)
+    weights.b = {k: rng.normal(0.0, 0.05, size=b.shape).astype(np.float32) for k, b in weights.b.items()}
+    export_gguf(weights, tmp_path / "private.gguf")
+    return (tmp_path / "private.gguf").read_bytes()
+
+
+def test_suggest_path_never_imports_torch(tmp_path: Path) -> None:
+    """Neither the first stage nor the language model's rerank (llama.cpp with a private LoRA) loads torch."""
     dataset = load_ml100k()
     history = [dataset.catalog.item_ids[i] for i in dataset.interactions.sequences()[0]]
     with ProfileStore.open() as store:
         store.save_shared(SharedParams.init(len(dataset.catalog)), version="test", meta={"catalog": "ml-100k"})
         store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(history)])
+        store.save_private_lora(_random_private_lora(tmp_path), meta={"catalog": "ml-100k"})
     code = (
         "import sys, json\n"
         "from agent.cli import app\n"
@@ -86,8 +99,10 @@ def test_suggest_path_never_imports_torch() -> None:
         "print(json.dumps({'torch': 'torch' in sys.modules}), file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    suggestions = json.loads(proc.stdout)["suggestions"]
-    assert len(suggestions) == 5
+    body = json.loads(proc.stdout)
+    assert body["rerank"]["applied"], body["rerank"]
+    suggestions = body["suggestions"]
+    assert len(suggestions) == 5 and all(s["fm_score"] is not None for s in suggestions)
     assert all(s["title"] and s["reason"] for s in suggestions)
     assert not set(s["item"] for s in suggestions) & set(history)
     assert json.loads(proc.stderr.strip().splitlines()[-1]) == {"torch": False}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.errors import ProfileError
-from agent.settings import Settings, config_path, load_settings
+from agent.settings import RerankSettings, Settings, config_path, load_settings
 
 
 def test_defaults_without_a_config_file() -> None:
@@ -35,4 +35,17 @@ def test_bad_config_is_a_clear_error(text: str, message: str) -> None:
     path.parent.mkdir(parents=True)
     path.write_text(text)
     with pytest.raises(ProfileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings()
+
+
+def test_the_rerank_table_is_read_and_checked() -> None:
+    path = config_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("[rerank]\nenabled = false\nk = 30\n")
+    assert load_settings().rerank == RerankSettings(enabled=False, k=30, weight=RerankSettings().weight)
+    path.write_text("[rerank]\nk = 500\n")
+    with pytest.raises(ProfileError, match=r"rerank\.k in"):
+        load_settings()
+    path.write_text("[rerank]\nweigth = 1\n")
+    with pytest.raises(ProfileError, match=r"Unknown setting\(s\) in \[rerank\]"):
         load_settings()

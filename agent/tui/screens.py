@@ -96,21 +96,44 @@ class SuggestionsScreen(PersonaScreen):
 
     @work(thread=True, exclusive=True, group="suggest", exit_on_error=False)
     def _compute(self, query: str | None, skipped: frozenset[int]) -> None:
+        """The first stage's list at once; then, when it applies, the language model's rerank of its top k."""
         import numpy as np
+        from textual.worker import get_current_worker
+
+        from agent import rerank
 
         profile = self.persona.profile
         if profile is None:
             return
+        settings = self.persona.settings
+        n = settings.suggestions
         try:
-            found = profile.suggest(
-                self.persona.settings.suggestions, query=query, exclude=np.array(sorted(skipped), dtype=np.int64)
+            skip = rerank.skip_reason(profile, settings.rerank)
+            first = profile.suggest(
+                n if skip else max(n, settings.rerank.k),
+                query=query,
+                exclude=np.array(sorted(skipped), dtype=np.int64),
             )
         except Exception as error:  # shown, never a traceback
             self.app.call_from_thread(self.persona.report, error)
             return
-        self.app.call_from_thread(self._show, found)
+        self.app.call_from_thread(self._show, first[:n], "reranking with the language model…" if skip is None else "")
+        if skip is not None:
+            return
+        outcome = rerank.rerank(profile, first, n, settings.rerank)
+        if get_current_worker().is_cancelled:
+            return
+        if outcome.error is not None:
+            self.app.call_from_thread(
+                self.notify,
+                f"{outcome.error.message} Showing the first stage's suggestions.",
+                title=outcome.error.title,
+                severity="warning",
+                timeout=8,
+            )
+        self.app.call_from_thread(self._show, outcome.suggestions, outcome.note if outcome.applied else "")
 
-    def _show(self, found: list[Suggestion]) -> None:
+    def _show(self, found: list[Suggestion], note: str = "") -> None:
         self.suggestions = found
         table = self.table
         row = table.cursor_row
@@ -120,7 +143,9 @@ class SuggestionsScreen(PersonaScreen):
         if found:
             table.move_cursor(row=min(row, len(found) - 1))
         status = self.query_one("#status", Static)
-        status.update(f"{len(found)} suggestions" + (f' for "{self.mood}"' if self.mood else ""))
+        status.update(
+            f"{len(found)} suggestions" + (f' for "{self.mood}"' if self.mood else "") + (f" · {note}" if note else "")
+        )
         self.persona.suggestions_painted()
 
     def selected(self) -> Suggestion | None:
@@ -202,6 +227,12 @@ class WhyScreen(ModalScreen[None]):
                 + (f" + query {parts['query']:+.3f}" if "query" in parts else ""),
                 id="why-parts",
             )
+            if self.suggestion.first_stage_rank is not None and self.suggestion.fm_score is not None:
+                yield Static(
+                    f"first stage #{self.suggestion.first_stage_rank}, then reranked by the language model "
+                    f"(its Yes − No logit {self.suggestion.fm_score:+.2f}, reading your most recent liked items)",
+                    id="why-rerank",
+                )
             table: DataTable[str] = DataTable(id="why-history", cursor_type="row")
             yield table
             yield Button("Close", id="why-close")
