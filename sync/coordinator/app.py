@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
@@ -25,6 +25,7 @@ from sync.coordinator.service import Coordinator, Rejection
 from sync.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, stage_index
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 
 
 def _error(status: int, reason: str, detail: str) -> JSONResponse:
@@ -114,11 +115,17 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
     def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return anyio.to_thread.run_sync(lambda: fn(*args))
 
-    async def authed(request: Request, content_type: str | None) -> tuple[str, bytes]:
+    async def authed(request: Request, content_type: str | None, act: Callable[[str, bytes], T]) -> T:
+        """Authenticate the signed request, then ``act(agent, body)``: both in one trip to a worker thread."""
         body = await _body(request, limit, content_type) if content_type else await request.body()
         agent, nonce, signature = _signer(request)
-        await call(coordinator.authenticate, agent, nonce, signature, request.method, _signed_path(request), body)
-        return agent, body
+        method, path = request.method, _signed_path(request)
+
+        def run() -> T:
+            coordinator.authenticate(agent, nonce, signature, method, path, body)
+            return act(agent, body)
+
+        return await anyio.to_thread.run_sync(run)
 
     def guarded(handler: Handler) -> Handler:
         async def wrapper(request: Request) -> Response:
@@ -197,21 +204,19 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
                 await asyncio.wait_for(event.wait(), min(1.0, deadline - loop.time()))
 
     async def advertise(request: Request) -> Response:
-        agent, body = await authed(request, JSON_TYPE)
-        doc = _json(body)
-        await call(
-            coordinator.advertise,
-            _round_id(request),
-            agent,
-            _bytes_field(doc, "c_pk"),
-            _bytes_field(doc, "s_pk"),
-            _bytes_field(doc, "signature"),
-        )
+        round_id = _round_id(request)
+
+        def act(agent: str, body: bytes) -> None:
+            doc = _json(body)
+            fields = (_bytes_field(doc, "c_pk"), _bytes_field(doc, "s_pk"), _bytes_field(doc, "signature"))
+            coordinator.advertise(round_id, agent, *fields)
+
+        await authed(request, JSON_TYPE, act)
         return JSONResponse({"accepted": True}, status_code=202)
 
     async def setup(request: Request) -> Response:
-        agent, _ = await authed(request, None)
-        round_setup, peers = await call(coordinator.setup, _round_id(request), agent)
+        round_id = _round_id(request)
+        round_setup, peers = await authed(request, None, lambda agent, _: coordinator.setup(round_id, agent))
         q = round_setup.quantization
         return JSONResponse(
             {
@@ -237,35 +242,37 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
         )
 
     async def shares(request: Request) -> Response:
-        agent, body = await authed(request, JSON_TYPE)
-        await call(coordinator.post_shares, _round_id(request), agent, _bytes_map(_json(body), "shares"))
+        round_id = _round_id(request)
+        await authed(
+            request,
+            JSON_TYPE,
+            lambda agent, body: coordinator.post_shares(round_id, agent, _bytes_map(_json(body), "shares")),
+        )
         return JSONResponse({"accepted": True}, status_code=202)
 
     async def inbox(request: Request) -> Response:
-        agent, _ = await authed(request, None)
-        u2, found = await call(coordinator.inbox, _round_id(request), agent)
+        round_id = _round_id(request)
+        u2, found = await authed(request, None, lambda agent, _: coordinator.inbox(round_id, agent))
         return JSONResponse({"u2": u2, "shares": {k: b64e(v) for k, v in found.items()}})
 
     async def masked_input(request: Request) -> Response:
-        agent, body = await authed(request, BINARY_TYPE)
-        await call(coordinator.post_input, _round_id(request), agent, body)
+        round_id = _round_id(request)
+        await authed(request, BINARY_TYPE, lambda agent, body: coordinator.post_input(round_id, agent, body))
         return JSONResponse({"accepted": True}, status_code=202)
 
     async def survivors(request: Request) -> Response:
-        agent, _ = await authed(request, None)
-        u2, u3 = await call(coordinator.survivors, _round_id(request), agent)
+        round_id = _round_id(request)
+        u2, u3 = await authed(request, None, lambda agent, _: coordinator.survivors(round_id, agent))
         return JSONResponse({"u2": u2, "u3": u3})
 
     async def unmask(request: Request) -> Response:
-        agent, body = await authed(request, JSON_TYPE)
-        doc = _json(body)
-        await call(
-            coordinator.post_unmask,
-            _round_id(request),
-            agent,
-            _bytes_map(doc, "self_mask_shares"),
-            _bytes_map(doc, "key_shares"),
-        )
+        round_id = _round_id(request)
+
+        def act(agent: str, body: bytes) -> None:
+            doc = _json(body)
+            coordinator.post_unmask(round_id, agent, _bytes_map(doc, "self_mask_shares"), _bytes_map(doc, "key_shares"))
+
+        await authed(request, JSON_TYPE, act)
         return JSONResponse({"accepted": True}, status_code=202)
 
     async def aggregate(request: Request) -> Response:
