@@ -106,7 +106,9 @@ def _load_ml100k_with_vectors() -> tuple[Any, Any]:
 @app.command("eval")
 def eval_command(
     protocol: Annotated[str, typer.Option(help="loo99 | full | coldstart")] = "loo99",
-    model: Annotated[str, typer.Option(help="popularity | central | federated")] = "federated",
+    model: Annotated[
+        str, typer.Option(help="popularity | central | federated | persona-base | persona-shared | persona")
+    ] = "federated",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     split_file: Annotated[
         Path | None, typer.Option("--split", help="Read the exact split from this JSON file (EVALUATION.md format).")
@@ -146,7 +148,9 @@ def eval_command(
         central = CentralConfig(seed=seed)
         if epochs is not None:
             central = replace(central, epochs=epochs)
-        rounds_or_epochs = {"federated": federated.rounds, "persona-base": federated.rounds, "central": central.epochs}
+        rounds_or_epochs = {"federated": federated.rounds, "central": central.epochs}
+        for name in ("persona-base", "persona-shared", "persona"):
+            rounds_or_epochs[name] = federated.rounds
         total = rounds_or_epochs.get(model, 1)
         from agent.cli_sync import sync_aggregator, sync_summary
 

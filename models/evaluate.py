@@ -27,7 +27,7 @@ from models.split import Split
 Protocol = Literal["loo99", "full", "coldstart"]
 ModelName = Literal["popularity", "central", "federated"]
 PROTOCOLS: tuple[str, ...] = ("loo99", "full", "coldstart")
-MODELS: tuple[str, ...] = ("popularity", "central", "federated", "persona-base")
+MODELS: tuple[str, ...] = ("popularity", "central", "federated", "persona-base", "persona-shared", "persona")
 RERANK_K = 20
 COLDSTART_KS = (0, 1, 3, 5)
 Progress = Callable[[str, dict[str, Any]], None]
@@ -370,9 +370,13 @@ def evaluate(
     central: CentralConfig = CentralConfig(),
     aggregator: Aggregator | None = None,
     catalog: Catalog | None = None,
+    persona: Any = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Train or load the model, select on validation, and report test metrics: the ``agent eval`` JSON body."""
+    """Train or load the model, select on validation, and report test metrics: the ``agent eval`` JSON body.
+
+    ``persona`` and ``persona-shared`` (the whole system with both foundation-model adapters, or the shared one
+    only) are described in :mod:`models.persona`; ``persona`` takes a :class:`models.persona.PersonaConfig`."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     start = time.perf_counter()
@@ -385,6 +389,24 @@ def evaluate(
             )
         metrics, valid_metrics, selected = evaluate_two_stage(
             split, text_vectors, catalog, federated=federated, progress=progress
+        )
+    elif name in ("persona", "persona-shared"):
+        from models.persona import PersonaConfig, evaluate_persona
+
+        if protocol == "coldstart" or catalog is None:
+            raise PersonaError(
+                f"{name} is measured on the loo99 and full protocols.", hint="Use --protocol loo99 or full."
+            )
+        metrics, valid_metrics, selected = evaluate_persona(
+            split,
+            text_vectors,
+            catalog,
+            protocol="loo99" if protocol == "loo99" else "full",
+            private=name == "persona",
+            federated=federated,
+            config=persona or PersonaConfig(),
+            aggregator=aggregator,
+            progress=progress,
         )
     elif protocol == "coldstart":
         test, valid, selected = evaluate_coldstart(

@@ -48,6 +48,20 @@ class Adapters:
     private_scale: float = 1.0
 
 
+@dataclass
+class TopCache:
+    """The input of layer ``first`` for a batch of prompts, and what every layer from there on needs to run.
+
+    Lower layers carry no adapter being trained, so their output is fixed: computing it once lets an adapter on
+    the top layers train for several epochs at the cost of those layers only (see :meth:`TorchFM.cache_top`).
+    """
+
+    first: int
+    hidden: torch.Tensor  # (n, length, d) input of layer ``first``
+    layer_kwargs: list[dict[str, object]]  # per layer from ``first``: mask, position embeddings, ...
+    last: torch.Tensor  # (n,) index of each prompt's last token
+
+
 class TorchFM:
     """The dequantized base model with LoRA hooks on ``q_proj``/``v_proj`` of chosen layers."""
 
@@ -110,8 +124,8 @@ class TorchFM:
                 params += [p for p in (slot.a[name], slot.b[name]) if p.requires_grad]
         return params
 
-    def answer_logits(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens) -> torch.Tensor:
-        """(n, 2) logits of " Yes" and " No" at the end of each prompt (right-padded batch)."""
+    @staticmethod
+    def _batch(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(prompts)
         length = max(len(p) for p in prompts)
         ids = torch.zeros((n, length), dtype=torch.long)
@@ -119,7 +133,80 @@ class TorchFM:
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(p)
             mask[i, : len(p)] = 1
-        hidden = self.model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return ids, mask
+
+    def cache_top(self, prompts: Sequence[Sequence[int]], first: int) -> TopCache:
+        """Run the whole model once without gradients and keep the input of layer ``first`` (plus the masks and
+        position embeddings each later layer receives), so :meth:`top_answer_logits` can rerun only the top."""
+        ids, mask = self._batch(prompts)
+        captured: dict[int, dict[str, object]] = {}
+        hidden: list[torch.Tensor] = []
+
+        def grab(index: int) -> object:
+            def hook(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+                captured[index] = {k: v for k, v in kwargs.items() if k != "cache"}
+                if index == first:
+                    hidden.append(args[0] if args else kwargs["hidden_states"])  # type: ignore[arg-type]
+
+            return hook
+
+        handles = [
+            self.layers[i].register_forward_pre_hook(grab(i), with_kwargs=True)  # type: ignore[arg-type]
+            for i in range(first, len(self.layers))
+        ]
+        try:
+            with torch.no_grad():
+                self.model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        kwargs = [captured[i] for i in range(first, len(self.layers))]
+        return TopCache(first, hidden[0].detach(), kwargs, mask.sum(1) - 1)
+
+    def top_answer_logits(self, cache: TopCache, answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) answer logits computed from a :class:`TopCache` through the top layers only."""
+        h = cache.hidden
+        for offset, layer in enumerate(self.layers[cache.first :]):
+            h = layer(h, **cache.layer_kwargs[offset])
+            if isinstance(h, tuple):
+                h = h[0]
+        h = self.model.model.norm(h)
+        last = h[torch.arange(h.shape[0]), cache.last]
+        rows = self.embed[[answers.yes, answers.no]]
+        return last @ rows.T  # type: ignore[no-any-return]
+
+    def train_cached(
+        self,
+        name: str,
+        caches: Sequence[TopCache],
+        labels: Sequence[Sequence[int]],
+        answers: AnswerTokens,
+        *,
+        lr: float,
+        epochs: int = 1,
+    ) -> float:
+        """Train adapter ``name`` (which must sit at or above each cache's first layer) on cached batches."""
+        params = self.trainable(name)
+        if not params:
+            raise ValueError(f"adapter {name!r} has nothing trainable attached")
+        opt = torch.optim.Adam(params, lr=lr)
+        losses = []
+        for _ in range(epochs):
+            for cache, batch_labels in zip(caches, labels, strict=True):
+                logits = self.top_answer_logits(cache, answers)
+                target = torch.tensor(list(batch_labels), dtype=torch.float32)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], target)
+                opt.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else 0.0
+
+    def answer_logits(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) logits of " Yes" and " No" at the end of each prompt (right-padded batch)."""
+        n = len(prompts)
+        ids, mask = self._batch(prompts)
+        hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = hidden[torch.arange(n), mask.sum(1) - 1]
         rows = self.embed[[answers.yes, answers.no]]
         return last @ rows.T  # type: ignore[no-any-return]

@@ -52,8 +52,8 @@ def default_shared_spec(n_layers: int = 18) -> LoraSpec:
 
 
 def default_private_spec(n_layers: int = 18) -> LoraSpec:
-    """φ_u: rank 4, both factors trained, on the top 6 layers."""
-    return LoraSpec(layers=tuple(range(n_layers - 6, n_layers)), rank=4, alpha=8.0, frozen_a=False, seed=0)
+    """φ_u: rank 4, both factors trained, on the top 2 layers (so it trains from cached inputs of layer n-2)."""
+    return LoraSpec(layers=tuple(range(n_layers - 2, n_layers)), rank=4, alpha=8.0, frozen_a=False, seed=0)
 
 
 @dataclass

@@ -174,3 +174,33 @@ def test_torch_and_llama_cpp_agree_on_50_candidates(
     assert rho >= 0.9, rho
     # the trained private adapter matters: the served ranking with it differs from the base model's
     assert spearmanr(llama_scores, llama_base).statistic < 0.9
+
+
+def test_cached_top_layers_give_the_full_forward_and_train(
+    builder: PromptBuilder, user_prompt: tuple[list[int], list[list[int]]]
+) -> None:
+    """Rerunning only the top layers from their cached input reproduces the full forward pass, and training an
+    adapter on those layers from the cache moves its loss (the private adapter's fast path)."""
+    import torch
+
+    from models.fm_train import TorchFM
+
+    fm = TorchFM(threads=2)
+    spec = default_private_spec()
+    weights = LoraWeights.init(spec, fm.shapes())
+    fm.attach("private", weights, trainable=True)
+    prefix, suffixes = user_prompt
+    prompts = [prefix + s for s in suffixes[:6]]
+    cache = fm.cache_top(prompts, spec.layers[0])
+    with torch.no_grad():
+        full = fm.answer_logits(prompts, builder.answers)
+        top = fm.top_answer_logits(cache, builder.answers)
+    assert torch.allclose(full, top, atol=1e-3), (full - top).abs().max()
+    labels = [[1, 0, 1, 0, 1, 0]]
+    first = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-2, epochs=1)
+    later = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-2, epochs=5)
+    assert later < first
+    trained = fm.read("private", weights)
+    assert trained.delta_norm() > 0
+    with torch.no_grad():
+        assert not torch.allclose(fm.answer_logits(prompts, builder.answers), full)
