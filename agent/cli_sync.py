@@ -42,10 +42,13 @@ from sync.client import Identity, run_sync
 from sync.errors import SyncError
 from sync.privacy import DEFAULT_DELTA
 
-SYNC_COHORT = int(os.environ.get("PERSONA_SYNC_COHORT", "200"))
+# Defaults measured on ML-100K (README, "Privacy"): every agent in every round (a cohort of up to 1,000 — all 943
+# ML-100K users), C 0.5, σ 0.5, weights capped at 32 examples, noise calibrated for at most 10% dropouts.
+SYNC_COHORT = int(os.environ.get("PERSONA_SYNC_COHORT", "1000"))
 SYNC_CLIP = float(os.environ.get("PERSONA_SYNC_CLIP", "0.5"))
 SYNC_SIGMA = float(os.environ.get("PERSONA_SYNC_SIGMA", "0.5"))
-SYNC_WEIGHT_CAP = float(os.environ.get("PERSONA_SYNC_WEIGHT_CAP", "128"))
+SYNC_WEIGHT_CAP = float(os.environ.get("PERSONA_SYNC_WEIGHT_CAP", "32"))
+SYNC_MAX_DROPOUT = float(os.environ.get("PERSONA_SYNC_MAX_DROPOUT", "0.1"))
 
 COORDINATOR_ENV = "PERSONA_COORDINATOR_URL"
 IDENTITY_FILE = "sync_identity.key"
@@ -207,6 +210,7 @@ def sync_aggregator(
     if not enabled:
         yield None
         return
+    cohort = min(cohort, len(split.users))  # a round closes its advertise stage once the whole cohort is in
     initial = SharedParams.init(split.n_items, seed=seed).to_vector()
     args = (
         "--clip",
@@ -219,6 +223,8 @@ def sync_aggregator(
         str(server_lr),
         "--min-cohort",
         str(min(10, cohort)),
+        "--max-dropout",
+        str(SYNC_MAX_DROPOUT),
     )
     with SecureAggregator.local(initial, cohort, coordinator_args=args, cohort_size=cohort, seed=seed) as aggregator:
         yield aggregator
@@ -233,6 +239,7 @@ def sync_summary(aggregator: SecureAggregator) -> dict[str, Any]:
         "clip": SYNC_CLIP,
         "sigma": SYNC_SIGMA,
         "weight_cap": SYNC_WEIGHT_CAP,
+        "max_dropout": SYNC_MAX_DROPOUT,
         "noise_multiplier": aggregator.noise_multiplier,
         "rounds_done": sum(s.status == "done" for s in stats),
         "rounds_abandoned": sum(s.status != "done" for s in stats),
