@@ -225,6 +225,13 @@ def sync_aggregator(
         str(min(10, cohort)),
         "--max-dropout",
         str(SYNC_MAX_DROPOUT),
+        # one process simulates every agent: generous stage deadlines so a busy laptop does not drop them
+        "--share-keys-s",
+        "300",
+        "--masked-input-s",
+        "300",
+        "--unmask-s",
+        "300",
     )
     with SecureAggregator.local(initial, cohort, coordinator_args=args, cohort_size=cohort, seed=seed) as aggregator:
         yield aggregator
