@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from agent.cli_sync import SYNC_CLIP, SYNC_COHORT, SYNC_SIGMA, SYNC_WEIGHT_CAP
+from agent.cli_sync import SYNC_CLIP, SYNC_COHORT, SYNC_MAX_DROPOUT, SYNC_SIGMA, SYNC_WEIGHT_CAP
 from agent.errors import ProfileError
 from agent.profile import Profile, egress_summary
 from models.errors import PersonaError
@@ -74,7 +74,9 @@ def audit_command(
             demo_user = store.get_meta("demo_user")
             exclude = dataset.interactions.user_ids.index(demo_user) if demo_user else None
             config = AuditConfig(
-                privacy=PrivacyParams(clip=SYNC_CLIP, sigma=SYNC_SIGMA, weight_cap=SYNC_WEIGHT_CAP), cohort=SYNC_COHORT
+                privacy=PrivacyParams(clip=SYNC_CLIP, sigma=SYNC_SIGMA, weight_cap=SYNC_WEIGHT_CAP),
+                cohort=SYNC_COHORT,
+                max_dropout=SYNC_MAX_DROPOUT,
             )
             with cli._progress() as bar:
                 task = bar.add_task("audit", total=None, status="local updates of the population")
