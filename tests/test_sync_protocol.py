@@ -90,6 +90,8 @@ def test_unmasked_sum_is_exactly_the_survivors_quantized_contributions(
     assert np.array_equal(total, expected)
     info = coordinator.round_info(done[0].round_id)
     assert info["outcome"]["survivors"] == 50 - drop and info["outcome"]["published_version"] == 1
+    for table in ("shares", "reveals"):  # an unmasked round keeps none of its key shares
+        assert coordinator.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("served", [{"min_cohort": 5, "target_cohort": 6, "masked_input_s": 4.0}], indirect=True)

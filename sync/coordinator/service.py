@@ -670,6 +670,9 @@ class Coordinator:
                 "INSERT OR REPLACE INTO sums (round_id, total) VALUES (?, ?)", (round_id, total.astype("<u4").tobytes())
             )
             self._set_stage(round_id, "done", outcome=json.dumps(outcome))
+            # the round is unmasked: its encrypted and revealed shares have served their purpose and go
+            db.execute("DELETE FROM shares WHERE round_id = ?", (round_id,))
+            db.execute("DELETE FROM reveals WHERE round_id = ?", (round_id,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
