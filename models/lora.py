@@ -52,8 +52,11 @@ def default_shared_spec(n_layers: int = 18) -> LoraSpec:
 
 
 def default_private_spec(n_layers: int = 18) -> LoraSpec:
-    """φ_u: rank 4, both factors trained, on the top 2 layers (so it trains from cached inputs of layer n-2)."""
-    return LoraSpec(layers=tuple(range(n_layers - 2, n_layers)), rank=4, alpha=8.0, frozen_a=False, seed=0)
+    """φ_u: rank 4, both factors trained, on the top 6 layers (it trains from cached inputs of layer n-6).
+
+    On the top 2 layers only (3× cheaper epochs) torch and llama.cpp agreed less (Spearman 0.72 vs 0.97 on the
+    50-candidate check in tests/test_fm.py), so the placement stays at 6 until that is understood."""
+    return LoraSpec(layers=tuple(range(n_layers - 6, n_layers)), rank=4, alpha=8.0, frozen_a=False, seed=0)
 
 
 @dataclass

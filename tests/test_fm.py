@@ -105,9 +105,8 @@ def test_lora_vectors_and_files_round_trip(tmp_path: Path) -> None:
     shapes = {"q_proj": (1024, 640), "v_proj": (256, 640)}
     shared, private = _random_adapters(shapes)
     # FFA: only B travels, so the shared vector is half of a LoRA's numbers
-    n_matrices = len(default_shared_spec().layers)
-    assert shared.trainable_vector().size == n_matrices * 8 * (1024 + 256)
-    assert private.trainable_vector().size == n_matrices * 4 * (1024 + 256 + 640 + 640)
+    assert shared.trainable_vector().size == len(default_shared_spec().layers) * 8 * (1024 + 256)
+    assert private.trainable_vector().size == len(default_private_spec().layers) * 4 * (1024 + 256 + 640 + 640)
     moved = shared.with_trainable_vector(shared.trainable_vector() * 2)
     np.testing.assert_array_equal(moved.a["12.q_proj"], shared.a["12.q_proj"])
     np.testing.assert_array_equal(moved.b["12.q_proj"], 2 * shared.b["12.q_proj"])
@@ -197,8 +196,8 @@ def test_cached_top_layers_give_the_full_forward_and_train(
         top = fm.top_answer_logits(cache, builder.answers)
     assert torch.allclose(full, top, atol=1e-3), (full - top).abs().max()
     labels = [[1, 0, 1, 0, 1, 0]]
-    first = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-2, epochs=1)
-    later = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-2, epochs=5)
+    first = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-3, epochs=1)
+    later = fm.train_cached("private", [cache], labels, builder.answers, lr=1e-3, epochs=5)
     assert later < first
     trained = fm.read("private", weights)
     assert trained.delta_norm() > 0

@@ -54,7 +54,7 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
     federated = FederatedConfig(rounds=1)
     config = PersonaConfig(
-        rounds=1, cohort=2, pairs_per_agent=4, private_pairs=4, private_epochs=2, rerank_k=5, valid_users=2, threads=2
+        rounds=1, cohort=2, pairs_per_agent=4, private_pairs=4, private_epochs=2, rerank_k=5, valid_users=2, threads=1
     )
     test, valid, selected = evaluate_persona(
         split, vectors, dataset.catalog, federated=federated, config=config, private=True
