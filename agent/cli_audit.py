@@ -51,8 +51,8 @@ def audit_command(
     """Your exposure: how well attackers trained on other agents guess your gender and age from your updates."""
     from agent import cli
     from models.audit import AGE_GROUPS, age_group
+    from models.evaluate import FederatedConfig
     from models.movielens import load_ml100k
-    from models.training import TrainConfig
     from sync.audit import AuditConfig, audit_user
     from sync.privacy import PrivacyParams
 
@@ -87,7 +87,7 @@ def audit_command(
                     profile.private(),
                     liked,
                     config,
-                    train=TrainConfig(),  # what `agent sync` trains with (agent.worker.train_for_sync)
+                    train=FederatedConfig().train_config(),  # what `agent sync` trains with (agent.worker)
                     population=population,
                     exclude=exclude,
                     progress=lambda text: bar.update(task, status=text),

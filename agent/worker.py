@@ -149,7 +149,8 @@ def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dic
     """
     import torch
 
-    from models.training import TrainConfig, local_train
+    from models.evaluate import FederatedConfig
+    from models.training import local_train
 
     started = time.perf_counter()
     profile = Profile.load(store)
@@ -167,7 +168,12 @@ def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dic
         private, n_examples, loss = profile.private(), 0, 0.0
     else:
         result = local_train(
-            shared, profile.private(), liked, torch.from_numpy(profile.text_vectors), TrainConfig(), seed=0
+            shared,
+            profile.private(),
+            liked,
+            torch.from_numpy(profile.text_vectors),
+            FederatedConfig().train_config(),  # the recipe the federation was measured with
+            seed=0,
         )
         delta = result.shared.to_vector() - vector
         private, n_examples, loss = result.private, result.n_examples, result.mean_loss

@@ -47,6 +47,20 @@ class FederatedConfig:
     n_negatives: int = 100
     seed: int = 0
 
+    def train_config(self) -> Any:
+        """The local training recipe every agent runs (:class:`models.training.TrainConfig`): the simulation, the
+        audit and ``agent sync`` all train with it, so what a real agent sends matches what was measured."""
+        from models.training import TrainConfig
+
+        return TrainConfig(
+            n_negatives=self.n_negatives,
+            batch_size=self.batch_size,
+            lr=self.local_lr,
+            epochs=self.local_epochs,
+            private_lr=self.private_lr,
+            optimizer=self.local_optimizer,
+        )
+
 
 @dataclass(frozen=True)
 class CentralConfig:
@@ -152,17 +166,10 @@ def train_federated(
 ) -> TrainedModel:
     """Simulate every user as an agent for ``config.rounds`` rounds; keep the round with the best validation NDCG@10."""
 
-    from models.training import TrainConfig, local_train
+    from models.training import local_train
 
     text_t = _text_tensor(text_vectors)
-    train_config = TrainConfig(
-        n_negatives=config.n_negatives,
-        batch_size=config.batch_size,
-        lr=config.local_lr,
-        epochs=config.local_epochs,
-        private_lr=config.private_lr,
-        optimizer=config.local_optimizer,
-    )
+    train_config = config.train_config()
 
     def local(
         shared: SharedParams, private: PrivateParams, seq: IntArray, round_id: int

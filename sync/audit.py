@@ -182,19 +182,7 @@ class Federation:
         self.text_tensor = torch.from_numpy(np.ascontiguousarray(self.text_vectors, dtype=np.float32))
 
     def train_config(self) -> Any:
-        from models.training import TrainConfig
-
-        if self.train is not None:
-            return self.train
-        f = self.config.federated
-        return TrainConfig(
-            n_negatives=f.n_negatives,
-            batch_size=f.batch_size,
-            lr=f.local_lr,
-            epochs=f.local_epochs,
-            private_lr=f.private_lr,
-            optimizer=f.local_optimizer,
-        )
+        return self.train if self.train is not None else self.config.federated.train_config()
 
     def holdout_negatives(self, user: int) -> IntArray:
         """Items outside the user's training set that its local quality check ranks against (seeded per user)."""
