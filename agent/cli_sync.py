@@ -43,10 +43,10 @@ from sync.errors import SyncError
 from sync.privacy import DEFAULT_DELTA
 
 # Defaults measured on ML-100K (README, "Privacy"): every agent in every round (a cohort of up to 1,000 — all 943
-# ML-100K users), C 0.5, σ 0.5, weights capped at 32 examples, noise calibrated for at most 10% dropouts.
+# ML-100K users), C 0.5, σ 0.4, weights capped at 32 examples, noise calibrated for at most 10% dropouts.
 SYNC_COHORT = int(os.environ.get("PERSONA_SYNC_COHORT", "1000"))
 SYNC_CLIP = float(os.environ.get("PERSONA_SYNC_CLIP", "0.5"))
-SYNC_SIGMA = float(os.environ.get("PERSONA_SYNC_SIGMA", "0.5"))
+SYNC_SIGMA = float(os.environ.get("PERSONA_SYNC_SIGMA", "0.4"))
 SYNC_WEIGHT_CAP = float(os.environ.get("PERSONA_SYNC_WEIGHT_CAP", "32"))
 SYNC_MAX_DROPOUT = float(os.environ.get("PERSONA_SYNC_MAX_DROPOUT", "0.1"))
 

@@ -41,7 +41,7 @@ class PrivacyParams:
     """A round's clipping and noise settings, published by the coordinator and checked by each agent."""
 
     clip: float = 0.5  # C: L2 bound of the shared delta
-    sigma: float = 0.5  # the unmasked sum carries N(0, (σC)²) on every element
+    sigma: float = 0.4  # the unmasked sum carries N(0, (σC)²) on every element
     weight_cap: float = 32.0  # n_u at or above this gets weight 1 (defaults measured on ML-100K: see README)
 
     @property
