@@ -28,7 +28,7 @@ from agent.tui.screens import (
     WhyScreen,
 )
 
-pytestmark = [pytest.mark.usefixtures("warm_embedding_cache"), pytest.mark.asyncio]
+pytestmark = [pytest.mark.usefixtures("warm_embedding_cache")]
 SIZE = (100, 30)
 ANIMATED = ["1", "95", "71"]  # Toy Story, Aladdin, The Lion King
 
@@ -68,6 +68,7 @@ def suggested(app: PersonaApp) -> list[str]:
     return [s.item_id for s in screen.suggestions]
 
 
+@pytest.mark.asyncio
 async def test_first_run_onboarding_then_three_likes_give_suggestions_that_follow_them() -> None:
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
@@ -93,6 +94,7 @@ async def test_first_run_onboarding_then_three_likes_give_suggestions_that_follo
         assert all(s.reason for s in top)
 
 
+@pytest.mark.asyncio
 async def test_like_and_dislike_update_the_store_and_the_next_suggestions() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
@@ -111,6 +113,7 @@ async def test_like_and_dislike_update_the_store_and_the_next_suggestions() -> N
     assert latest[first[0]].kind == "dislike" and latest[second[0]].kind == "like"
 
 
+@pytest.mark.asyncio
 async def test_why_screen_lists_the_history_behind_a_suggestion() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
@@ -125,6 +128,7 @@ async def test_why_screen_lists_the_history_behind_a_suggestion() -> None:
         assert isinstance(app.screen, SuggestionsScreen)
 
 
+@pytest.mark.asyncio
 async def test_remapped_like_key_from_the_config() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=Settings(retrain_after_feedback=False, keys={"suggestions.like": "k"}))
@@ -137,6 +141,7 @@ async def test_remapped_like_key_from_the_config() -> None:
         assert store.latest_feedback("ml-100k")[chosen].kind == "like"
 
 
+@pytest.mark.asyncio
 async def test_like_retrains_the_private_adapter_in_a_worker_process() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=Settings(retrain_after_feedback=True))
@@ -147,6 +152,7 @@ async def test_like_retrains_the_private_adapter_in_a_worker_process() -> None:
         assert app.profile is not None and app.profile.store.load_private() is not None
 
 
+@pytest.mark.asyncio
 async def test_profile_screen_reset_needs_confirmation_and_then_deletes_everything() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
@@ -169,6 +175,7 @@ async def test_profile_screen_reset_needs_confirmation_and_then_deletes_everythi
         assert store.interactions() == []
 
 
+@pytest.mark.asyncio
 async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() -> None:
     seed(*ANIMATED)
     with ProfileStore.open() as store:
@@ -197,6 +204,7 @@ async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() 
         assert isinstance(app.screen, SyncScreen)
 
 
+@pytest.mark.asyncio
 async def test_snapshot_of_the_suggestions_screen_at_a_pinned_size() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
@@ -238,6 +246,7 @@ def test_the_tui_never_imports_torch(isolated_persona_home: Path) -> None:
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"torch": False}
 
 
+@pytest.mark.asyncio
 async def test_command_palette_mirrors_the_cli_verbs() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
@@ -251,6 +260,7 @@ async def test_command_palette_mirrors_the_cli_verbs() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen) and has(app, "#profile-summary"))
 
 
+@pytest.mark.asyncio
 async def test_encrypted_profile_asks_for_the_passphrase_and_survives_a_wrong_one() -> None:
     with ProfileStore.create_encrypted(None, "open sesame") as store:
         store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(ANIMATED)])
@@ -264,6 +274,7 @@ async def test_encrypted_profile_asks_for_the_passphrase_and_survives_a_wrong_on
         await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
 
 
+@pytest.mark.asyncio
 async def test_snapshot_of_onboarding_and_profile_screens_at_a_pinned_size() -> None:
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
