@@ -46,7 +46,7 @@ class PersonaConfig:
     rounds: int = 8  # federated rounds of the shared LoRA
     cohort: int = 32  # agents per round
     pairs_per_agent: int = 8  # half positives, half first-stage negatives
-    local_lr: float = 5e-3  # Adam on the shared B factors, one pass
+    local_lr: float = 1e-3  # Adam on the shared B factors, one pass (5e-3: held-out loss 0.77 → 1.86 in one round)
     server_lr: float = 1.0  # FedAvg step on the mean delta
     private_pairs: int = 8
     private_epochs: int = 8  # epochs over cached inputs cost six layers each
