@@ -82,14 +82,13 @@ def train_private_lora(
     fm.attach("shared", shared)
     builder = PromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
     config = PersonaConfig()
-    weights, loss = train_private_adapter(0, liked, score_all, fm, builder, config)
+    weights, loss, n_pairs = train_private_adapter(0, liked, score_all, fm, builder, config)
     with tempfile.TemporaryDirectory(dir=store.folder, prefix=".lora-") as tmp:
         path = Path(tmp) / "private.gguf"
         digest = export_gguf(weights, path)
         if not verify_gguf(path):
             raise AssetError("The exported private LoRA does not match its checksum.", hint="Run `agent train` again.")
         data = path.read_bytes()
-    n_pairs = 2 * min(max(1, config.private_pairs // 2), len(liked) - 1)
     seconds = time.perf_counter() - started
     delta_norm = weights.delta_norm()
     record = store.save_private_lora(

@@ -158,8 +158,9 @@ def train_private_adapter(
     fm: Any,
     builder: Any,
     config: PersonaConfig,
-) -> tuple[Any, float]:
-    """One user's private LoRA on their own pairs (shared adapter attached, frozen); the adapter and its last loss."""
+) -> tuple[Any, float, int]:
+    """One user's private LoRA on their own pairs (shared adapter attached, frozen): the adapter, its mean loss and
+    the number of pairs it saw."""
     from models.lora import LoraWeights, default_private_spec
 
     spec = default_private_spec(len(fm.layers))
@@ -179,7 +180,7 @@ def train_private_adapter(
     )
     trained = fm.read("private", weights)
     fm.attach("private", None)
-    return trained, loss
+    return trained, loss, len(pairs)
 
 
 @dataclass
@@ -282,7 +283,7 @@ def evaluate_persona(
             s = split.users[u]
             if private:
                 clock = time.perf_counter()
-                adapter, loss = train_private_adapter(u, s.train, score_all, fm, builder, config)
+                adapter, loss, _ = train_private_adapter(u, s.train, score_all, fm, builder, config)
                 private_losses.append(loss)
                 export_gguf(adapter, Path(tmp) / "private.gguf")
                 served.load_adapter("private", Path(tmp) / "private.gguf")
