@@ -651,6 +651,20 @@ def completion(
     sys.stdout.write(get_completion_script(prog_name="agent", complete_var="_AGENT_COMPLETE", shell=shell) + "\n")
 
 
+def dataset_user_rows(dataset: Any, user: str) -> list[tuple[str, str, str, float, int, str]]:
+    """One data-set user's ratings as profile-store interaction rows (source "demo"): what `agent demo` stores."""
+    mine = dataset.interactions.users == dataset.interactions.user_ids.index(user)
+    return [
+        (dataset.catalog.name, dataset.catalog.item_ids[int(i)], "rating", float(r), int(t), "demo")
+        for i, r, t in zip(
+            dataset.interactions.items[mine],
+            dataset.interactions.ratings[mine],
+            dataset.interactions.timestamps[mine],
+            strict=True,
+        )
+    ]
+
+
 @app.command()
 def demo(
     rounds: Annotated[int, typer.Option(help="Federated rounds to run.")] = 20,
@@ -714,19 +728,9 @@ def demo(
                 model.shared, version=f"demo-federated-r{selected}", meta={"catalog": dataset.catalog.name}
             )
             user_index = dataset.interactions.user_ids.index(user)
-            mine = dataset.interactions.users == user_index
             store.delete_interactions_from("demo")
-            store.add_interactions(
-                [
-                    (dataset.catalog.name, dataset.catalog.item_ids[int(i)], "rating", float(r), int(t), "demo")
-                    for i, r, t in zip(
-                        dataset.interactions.items[mine],
-                        dataset.interactions.ratings[mine],
-                        dataset.interactions.timestamps[mine],
-                        strict=True,
-                    )
-                ]
-            )
+            rows = dataset_user_rows(dataset, user)
+            store.add_interactions(rows)
             private = model.privates.get(user_index) if model.privates else None
             store.set_meta("demo_user", user)
             if private is not None:
@@ -734,7 +738,7 @@ def demo(
             else:  # this agent was never drawn into a cohort: train its private adapter on its own history now
                 _retrain(store)
             err.print(f"Selected round {selected} by validation NDCG@10 {model.selected['valid_NDCG@10']:.3f}")
-            err.print(f"You are now ML-100K user {user} ({int(mine.sum())} ratings) in {store.folder}")
+            err.print(f"You are now ML-100K user {user} ({len(rows)} ratings) in {store.folder}")
         except PersonaError as error:
             _fail(error)
             return

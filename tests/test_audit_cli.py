@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import app
+from agent.cli import app, dataset_user_rows
 from agent.cli_audit import exposure_words
 from agent.store import ProfileStore
 from models.movielens import load_ml100k
@@ -18,21 +18,8 @@ pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
 
 def become_ml100k_user(user: str) -> None:
     """What `agent demo` stores for a user (without the federation): their ratings, and who they are."""
-    dataset = load_ml100k()
-    index = dataset.interactions.user_ids.index(user)
-    mine = dataset.interactions.users == index
     with ProfileStore.open() as store:
-        store.add_interactions(
-            [
-                (dataset.catalog.name, dataset.catalog.item_ids[int(i)], "rating", float(r), int(t), "demo")
-                for i, r, t in zip(
-                    dataset.interactions.items[mine],
-                    dataset.interactions.ratings[mine],
-                    dataset.interactions.timestamps[mine],
-                    strict=True,
-                )
-            ]
-        )
+        store.add_interactions(dataset_user_rows(load_ml100k(), user))
         store.set_meta("demo_user", user)
 
 
