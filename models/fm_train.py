@@ -171,9 +171,7 @@ class TorchFM:
             if isinstance(h, tuple):
                 h = h[0]
         h = self.model.model.norm(h)
-        last = h[torch.arange(h.shape[0]), cache.last]
-        rows = self.embed[[answers.yes, answers.no]]
-        return last @ rows.T  # type: ignore[no-any-return]
+        return self._answer_head(h[torch.arange(h.shape[0]), cache.last], answers)
 
     def train_cached(
         self,
@@ -186,20 +184,12 @@ class TorchFM:
         epochs: int = 1,
     ) -> float:
         """Train adapter ``name`` (which must sit at or above each cache's first layer) on cached batches."""
-        params = self.trainable(name)
-        if not params:
-            raise ValueError(f"adapter {name!r} has nothing trainable attached")
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = self._optimizer(name, lr)
         losses = []
         for _ in range(epochs):
             for cache, batch_labels in zip(caches, labels, strict=True):
-                logits = self.top_answer_logits(cache, answers)
                 target = torch.tensor(list(batch_labels), dtype=torch.float32)
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], target)
-                opt.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(self._step(opt, self.top_answer_logits(cache, answers), target))
         return float(np.mean(losses)) if losses else 0.0
 
     def answer_logits(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens) -> torch.Tensor:
@@ -207,9 +197,7 @@ class TorchFM:
         n = len(prompts)
         ids, mask = self._batch(prompts)
         hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        last = hidden[torch.arange(n), mask.sum(1) - 1]
-        rows = self.embed[[answers.yes, answers.no]]
-        return last @ rows.T  # type: ignore[no-any-return]
+        return self._answer_head(hidden[torch.arange(n), mask.sum(1) - 1], answers)
 
     def scores(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens, batch: int = 8) -> NDArray[np.float32]:
         """logit(" Yes") − logit(" No") per prompt."""
@@ -233,10 +221,7 @@ class TorchFM:
         seed: int = 0,
     ) -> float:
         """Train adapter ``name`` on (prompt, label) pairs, label 1 = " Yes"; returns the mean loss."""
-        params = self.trainable(name)
-        if not params:
-            raise ValueError(f"adapter {name!r} has nothing trainable attached")
-        opt = torch.optim.Adam(params, lr=lr)
+        opt = self._optimizer(name, lr)
         generator = torch.Generator().manual_seed(seed)
         target = torch.tensor(labels, dtype=torch.float32)
         losses = []
@@ -244,11 +229,24 @@ class TorchFM:
             order = torch.randperm(len(prompts), generator=generator).tolist()
             for start in range(0, len(order), steps_batch):
                 idx = order[start : start + steps_batch]
-                logits = self.answer_logits([prompts[i] for i in idx], answers)
-                margin = logits[:, 0] - logits[:, 1]
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(margin, target[idx])
-                opt.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(self._step(opt, self.answer_logits([prompts[i] for i in idx], answers), target[idx]))
         return float(np.mean(losses)) if losses else 0.0
+
+    def _answer_head(self, last: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) logits of the two answers from the final hidden state at each prompt's last token."""
+        return last @ self.embed[[answers.yes, answers.no]].T  # type: ignore[no-any-return]
+
+    def _optimizer(self, name: str, lr: float) -> torch.optim.Optimizer:
+        params = self.trainable(name)
+        if not params:
+            raise ValueError(f"adapter {name!r} has nothing trainable attached")
+        return torch.optim.Adam(params, lr=lr)
+
+    @staticmethod
+    def _step(opt: torch.optim.Optimizer, logits: torch.Tensor, target: torch.Tensor) -> float:
+        """One step on the binary cross-entropy of the Yes−No margin; the loss before the step."""
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], target)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        return float(loss.detach())
