@@ -122,11 +122,16 @@ def eval_command(
     via_sync: Annotated[
         bool, typer.Option("--via-sync", help="Train federated through a local coordinator and the real protocol.")
     ] = False,
+    test_users: Annotated[
+        int | None,
+        typer.Option(help="persona models: rescore a seeded sample of this many users' test lists (default: all)."),
+    ] = None,
 ) -> None:
     """Measure a model on MovieLens-100K with a leak-free protocol; model selection uses validation only."""
     from dataclasses import replace
 
     from models.evaluate import MODELS, PROTOCOLS, CentralConfig, FederatedConfig, evaluate
+    from models.persona import PersonaConfig
     from models.split import make_loo_split, read_split, split_sha256
     from models.split import write_split as save_split
 
@@ -135,6 +140,9 @@ def eval_command(
         raise typer.Exit(2)
     if model not in MODELS:
         err.print(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
+        raise typer.Exit(2)
+    if test_users is not None and (test_users < 1 or not model.startswith("persona")):
+        err.print("--test-users takes a positive number and applies to the persona models only.")
         raise typer.Exit(2)
     try:
         dataset, vectors = _load_ml100k_with_vectors()
@@ -170,6 +178,7 @@ def eval_command(
                 central=central,
                 aggregator=aggregator,
                 catalog=dataset.catalog,
+                persona=PersonaConfig(test_users=test_users),
                 progress=on_progress,
             )
             if aggregator is not None:

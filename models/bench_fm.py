@@ -53,41 +53,59 @@ def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
     return out
 
 
-def train_figures(pairs: int) -> dict[str, Any]:
-    """Train the private and the shared LoRA on ``pairs`` pairs from one user's history; export both to GGUF."""
+def train_figures() -> dict[str, Any]:
+    """Train the private LoRA on one user's history and run one agent's local round of the shared LoRA, with the
+    recipe ``agent eval --model persona`` measures (:class:`models.persona.PersonaConfig`); export both to GGUF.
+
+    Negatives come from the training counts' top items outside the user's history (the real system uses the first
+    stage's; the cost is the same)."""
+    import torch
+
     from models.fm_assets import torch_dir
     from models.fm_train import TorchFM
-    from models.lora import LoraWeights, default_private_spec, default_shared_spec, export_gguf
+    from models.lora import LoraWeights, default_shared_spec, export_gguf
     from models.movielens import load_ml100k
+    from models.persona import PersonaConfig, agent_pairs, train_private_adapter
     from models.prompts import PromptBuilder
     from models.split import make_loo_split
 
+    config = PersonaConfig()
     dataset = load_ml100k()
-    user = make_loo_split(dataset).users[0]
+    split = make_loo_split(dataset)
+    counts = np.zeros(split.n_items)
+    for s in split.users.values():
+        np.add.at(counts, s.train, 1.0)
+
+    def score_all(_u: int, _h: Any) -> Any:
+        return counts
+
+    user = split.users[0]
     builder = PromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
-    rng = np.random.default_rng(0)
     start = time.perf_counter()
     model = TorchFM()
-    out: dict[str, Any] = {"load_s": time.perf_counter() - start}
+    out: dict[str, Any] = {"load_s": time.perf_counter() - start, "threads": torch.get_num_threads()}
     shared = LoraWeights.init(default_shared_spec(), model.shapes())
-    private = LoraWeights.init(default_private_spec(), model.shapes())
-    train = user.train.tolist()
-    outside = np.setdiff1d(np.arange(len(dataset.catalog)), user.train)
-    prompts: list[list[int]] = []
-    labels: list[int] = []
-    for position in range(len(train) - pairs // 2, len(train)):  # history → next liked item vs. a non-train item
-        prefix = builder.prefix(train[:position])
-        prompts += [prefix + builder.suffix(train[position]), prefix + builder.suffix(int(rng.choice(outside)))]
-        labels += [1, 0]
-    out["pairs"] = len(prompts)
-    for name in ("private", "shared"):
-        model.attach("shared", shared, trainable=name == "shared")
-        model.attach("private", private, trainable=name == "private")
-        t = time.perf_counter()
-        model.train_pairs(name, prompts, labels, builder.answers, lr=1e-3)
-        out[f"{name}_lora_s"] = time.perf_counter() - t
+    model.attach("shared", shared)
+    t = time.perf_counter()
+    private, _, n_pairs = train_private_adapter(0, user.train, score_all, model, builder, config)
+    out["private_lora_s"] = time.perf_counter() - t
+    out["private_pairs"] = n_pairs
+    out["private_epochs"] = config.private_epochs
+    pairs = agent_pairs(0, user.train, score_all, config.pairs_per_agent, np.random.default_rng(0))
+    model.attach("shared", shared, trainable=True)
+    t = time.perf_counter()
+    model.train_pairs(
+        "shared",
+        [builder.prefix(h) + builder.suffix(i) for h, i, _ in pairs],
+        [y for _, _, y in pairs],
+        builder.answers,
+        lr=config.local_lr,
+        steps_batch=len(pairs),
+    )
+    out["shared_local_round_s"] = time.perf_counter() - t
+    out["shared_pairs"] = len(pairs)
     folder = Path(tempfile.mkdtemp())
-    export_gguf(shared, folder / "shared.gguf")
+    export_gguf(model.read("shared", shared), folder / "shared.gguf")
     export_gguf(private, folder / "private.gguf")
     out["shared_gguf_bytes"] = (folder / "shared.gguf").stat().st_size
     out["private_gguf_bytes"] = (folder / "private.gguf").stat().st_size
@@ -113,12 +131,12 @@ def _run(*args: str) -> dict[str, Any]:
     return result
 
 
-def bench_fm(*, users: int = 10, pairs: int = 32) -> dict[str, Any]:
+def bench_fm(*, users: int = 10) -> dict[str, Any]:
     """All foundation-model figures as one flat dict."""
     idle = _run("serve", str(users))
     with busy_process():
         busy = _run("serve", str(users))
-    training = _run("train", str(pairs))
+    training = _run("train")
     return (
         {f"idle_{k}": v for k, v in idle.items()}
         | {f"busy_{k}": v for k, v in busy.items()}
@@ -130,4 +148,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         print(json.dumps(serve_figures(int(sys.argv[2]), None)))
     else:
-        print(json.dumps(train_figures(int(sys.argv[2]))))
+        print(json.dumps(train_figures()))

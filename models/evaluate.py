@@ -308,13 +308,13 @@ def evaluate_coldstart(
         if name == "popularity" or shared is None:
             k_model = model
         else:
-            k_model = _cold_private_model(shared, cut, text_vectors, federated)
+            k_model = cold_private_model(shared, cut, text_vectors, federated)
         test[f"k={k}"] = metrics_for(k_model, cut, "loo99", "test")
         valid[f"k={k}"] = metrics_for(k_model, cut, "loo99", "valid")
     return test, valid, {**model.selected, "cold_users": len(cold), "warm_users": len(warm)}
 
 
-def _cold_private_model(
+def cold_private_model(
     shared: SharedParams, cut: Split, text_vectors: FloatArray, config: FederatedConfig
 ) -> TrainedModel:
     """Each cold user trains only a private vector on their k items; the shared part stays as published."""
@@ -398,23 +398,32 @@ def evaluate(
             split, text_vectors, catalog, federated=federated, progress=progress
         )
     elif name in ("persona", "persona-shared"):
-        from models.persona import PersonaConfig, evaluate_persona
+        from models.persona import PersonaConfig, evaluate_persona, evaluate_persona_coldstart
 
-        if protocol == "coldstart" or catalog is None:
-            raise PersonaError(
-                f"{name} is measured on the loo99 and full protocols.", hint="Use --protocol loo99 or full."
+        if catalog is None:
+            raise PersonaError(f"{name} needs the catalog's text.", hint="Pass the dataset's catalog.")
+        if protocol == "coldstart":
+            metrics, valid_metrics, selected = evaluate_persona_coldstart(
+                split,
+                text_vectors,
+                catalog,
+                private=name == "persona",
+                federated=federated,
+                config=persona or PersonaConfig(),
+                progress=progress,
             )
-        metrics, valid_metrics, selected = evaluate_persona(
-            split,
-            text_vectors,
-            catalog,
-            protocol="loo99" if protocol == "loo99" else "full",
-            private=name == "persona",
-            federated=federated,
-            config=persona or PersonaConfig(),
-            aggregator=aggregator,
-            progress=progress,
-        )
+        else:
+            metrics, valid_metrics, selected = evaluate_persona(
+                split,
+                text_vectors,
+                catalog,
+                protocol="loo99" if protocol == "loo99" else "full",
+                private=name == "persona",
+                federated=federated,
+                config=persona or PersonaConfig(),
+                aggregator=aggregator,
+                progress=progress,
+            )
     elif protocol == "coldstart":
         test, valid, selected = evaluate_coldstart(
             name, split, text_vectors, federated=federated, central=central, progress=progress

@@ -68,6 +68,10 @@ class TorchFM:
     def __init__(self, threads: int | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        # its "Loading weights" bar would otherwise print on the terminal
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
         torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
         self.model = AutoModelForCausalLM.from_pretrained(str(require_torch_copy()), dtype=torch.float32)

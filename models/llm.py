@@ -153,6 +153,11 @@ class FoundationModel:
         self._scales.setdefault(name, 0.0)
         self._apply_scales()
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the loaded adapters."""
+        return tuple(self._adapters)
+
     def set_scales(self, **scales: float) -> None:
         """Set adapter scales by name (0 switches one off); the next scoring recomputes the KV cache."""
         for name, scale in scales.items():

@@ -19,10 +19,13 @@ validation lists that pick the blend weight are scored for a seeded sample of ``
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,14 +51,15 @@ class PersonaConfig:
     pairs_per_agent: int = 8  # half positives, half first-stage negatives
     local_lr: float = 1e-3  # Adam on the shared B factors, one pass (5e-3: held-out loss 0.77 → 1.86 in one round)
     server_lr: float = 1.0  # FedAvg step on the mean delta
-    private_pairs: int = 8
-    private_epochs: int = 8  # epochs over cached inputs cost six layers each
+    private_pairs: int = 4
+    private_epochs: int = 4  # epochs over cached inputs cost six layers each
     private_lr: float = 2e-3  # Adam; 1e-2 oscillates on 8 pairs, 1e-3 descends steadily but slowly
     rerank_k: int = 20
     candidate_pool: int = 20  # first-stage top-N that training negatives are drawn from
-    valid_users: int = 300  # users whose validation lists pick the blend weight (seeded sample)
+    valid_users: int = 150  # users whose validation lists pick the blend weight (seeded sample)
     test_users: int | None = None  # None: every user's test list (the protocol); a number: a seeded sample (pilots)
-    threads: int | None = None
+    threads: int | None = None  # torch threads while training the shared adapter; rerank workers use 1 each
+    workers: int | None = None  # rerank processes (None: one per core; this is a batch job, not the suggest path)
     seed: int = 0
 
 
@@ -218,6 +222,158 @@ def candidates_for(
     return _Candidates(items, first.astype(np.float32), top, int(np.count_nonzero(first[1:] >= first[0])))
 
 
+VARIANTS: tuple[str, ...] = ("base", "shared", "both")  # adapters on when the FM rescores: none, φ_g, φ_g + φ_u
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything a rerank worker needs (pickled once per worker process)."""
+
+    split: Split
+    text_vectors: FloatArray
+    catalog: Catalog
+    first_stage: tuple[Any, dict[int, Any]]  # the selected first stage's shared and private parameters
+    shared_gguf: str
+    config: PersonaConfig
+    protocol: Literal["loo99", "full"]
+    private: bool
+    variants: tuple[str, ...]
+    valid_users: frozenset[int]
+    test_users: frozenset[int]
+    workdir: str
+
+
+@dataclass
+class _UserResult:
+    user: int
+    lists: dict[tuple[str, str], RerankedList]
+    private_loss: float | None
+    private_s: float
+    rerank_s: float
+
+
+class _Reranker:
+    """One process's foundation models: the torch copy (only to train private adapters) and the llama.cpp one."""
+
+    def __init__(self, job: _Job) -> None:
+        from models.evaluate import scorer_model
+        from models.fm_assets import gguf_path, torch_dir
+        from models.llm import FoundationModel
+        from models.prompts import PromptBuilder
+
+        self.job = job
+        shared, privates = job.first_stage
+        self.score_all = scorer_model(shared, privates, job.text_vectors).score_all
+        self.builder = PromptBuilder(torch_dir() / "tokenizer.json", job.catalog)
+        self.fm: Any = None
+        if job.private:
+            from models.fm_train import TorchFM
+
+            self.fm = TorchFM(threads=job.config.threads or 1)
+        self.served = FoundationModel(
+            gguf_path(), n_threads=job.config.threads or 1, max_candidates=job.config.rerank_k
+        )
+        self.served.load_adapter("shared", Path(job.shared_gguf))
+        self.private_path = Path(job.workdir) / f"private-{os.getpid()}.gguf"
+
+    def close(self) -> None:
+        self.served.close()
+
+    def user(self, u: int) -> _UserResult:
+        """Train ``u``'s private adapter (when measured) and rescore their validation and test candidates."""
+        from models.lora import export_gguf
+
+        job = self.job
+        s = job.split.users[u]
+        assert self.score_all is not None
+        loss: float | None = None
+        clock = time.perf_counter()
+        trained = job.private and len(s.train) >= 2  # a pair needs a history before a positive
+        if trained:
+            adapter, loss, _ = train_private_adapter(u, s.train, self.score_all, self.fm, self.builder, job.config)
+            export_gguf(adapter, self.private_path)
+            self.served.load_adapter("private", self.private_path)
+        private_s = time.perf_counter() - clock
+        clock = time.perf_counter()
+        prefix = self.builder.prefix(s.train.tolist())
+        lists: dict[tuple[str, str], RerankedList] = {}
+        which: Literal["valid", "test"]
+        for which, chosen in (("valid", job.valid_users), ("test", job.test_users)):
+            if u not in chosen:
+                continue
+            c = candidates_for(job.split, u, which, job.protocol, self.score_all, job.config.rerank_k)
+            suffixes = [self.builder.suffix(int(i)) for i in c.items[c.top]]
+            for variant in job.variants:
+                scales = {"shared": 0.0 if variant == "base" else 1.0}
+                if "private" in self.served.adapters:  # a previous user's adapter never scores this user
+                    scales["private"] = 1.0 if variant == "both" and trained else 0.0
+                self.served.set_scales(**scales)
+                fm_scores = self.served.score(prefix, suffixes, self.builder.answers)
+                lists[(variant, which)] = RerankedList(c.top, c.first[c.top], fm_scores, c.positive_first_rank)
+        return _UserResult(u, lists, loss, private_s, time.perf_counter() - clock)
+
+
+_worker: _Reranker | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _worker
+    _worker = _Reranker(job)
+
+
+def _work(users: list[int]) -> list[_UserResult]:
+    assert _worker is not None
+    return [_worker.user(u) for u in users]
+
+
+def _rerank_all(job: _Job, users: list[int], workers: int, progress: Progress | None) -> list[_UserResult]:
+    """Every user's results in user order; with ``workers`` > 1 the users are spread over that many processes
+    (spawned: the parent's torch and OpenMP state is never forked), each with one thread."""
+    results: list[_UserResult] = []
+
+    def tick() -> None:
+        if progress is not None and (len(results) % 50 < 10 or len(results) == len(users)):
+            progress("rerank", {"users": len(results), "of": len(users)})
+
+    if workers <= 1:
+        reranker = _Reranker(job)
+        try:
+            for u in users:
+                results.append(reranker.user(u))
+                tick()
+        finally:
+            reranker.close()
+        return results
+    chunks = [users[i : i + 10] for i in range(0, len(users), 10)]
+    with ProcessPoolExecutor(
+        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
+    ) as pool:
+        for chunk in pool.map(_work, chunks):
+            results.extend(chunk)
+            tick()
+    return results
+
+
+def _summaries(
+    results: list[_UserResult], variants: tuple[str, ...], recall: tuple[int, ...]
+) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
+    """Per variant: the blend weight picked on the validation lists and the test/validation metrics with it; then
+    the first stage alone (weight 0) on the same test and validation lists."""
+    report: dict[str, Any] = {}
+    for variant in variants:
+        lists = {w: [r.lists[(variant, w)] for r in results if (variant, w) in r.lists] for w in ("valid", "test")}
+        weight, _ = pick_weight(lists["valid"])
+        report[variant] = {
+            "blend_weight": weight,
+            "test": summarize([lst.rank(weight) for lst in lists["test"]], recall_ks=recall),
+            "valid": summarize([lst.rank(weight) for lst in lists["valid"]], recall_ks=recall),
+        }
+        if variant == variants[0]:
+            first_test = summarize([lst.rank(0.0) for lst in lists["test"]], recall_ks=recall)
+            first_valid = summarize([lst.rank(0.0) for lst in lists["valid"]], recall_ks=recall)
+    return report, first_test, first_valid
+
+
 def evaluate_persona(
     split: Split,
     text_vectors: FloatArray,
@@ -231,12 +387,11 @@ def evaluate_persona(
     progress: Progress | None = None,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Train the whole system and report test metrics (blend weight chosen on validation), validation metrics and
-    a selection record that also carries the first stage alone and, with ``private``, the shared adapter alone —
-    measured on the same users and candidates, so the table's rows differ only in the adapters."""
+    a selection record that also carries, measured on the same users and candidates so the rows differ only in
+    the adapters: the first stage alone, the base FM (no adapter) and, with ``private``, the shared adapter alone."""
     from models.evaluate import FederatedConfig, train_federated
-    from models.fm_assets import gguf_path, torch_dir
+    from models.fm_assets import torch_dir
     from models.fm_train import TorchFM
-    from models.llm import FoundationModel
     from models.lora import export_gguf
     from models.prompts import PromptBuilder
 
@@ -245,16 +400,16 @@ def evaluate_persona(
     first = train_federated(
         split, text_vectors, config=federated or FederatedConfig(), select_protocol=protocol, progress=progress
     )
-    assert first.score_all is not None
-    score_all = first.score_all
+    assert first.score_all is not None and first.shared is not None
     timings["first_stage_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
-    fm = TorchFM(threads=config.threads)
+    fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
     shared, fm_log = train_shared_adapter(
-        split, score_all, fm, builder, config, aggregator=aggregator, progress=progress
+        split, first.score_all, fm, builder, config, aggregator=aggregator, progress=progress
     )
+    del fm  # the workers load their own copy; the parent's would only hold memory
     timings["shared_adapter_s"] = time.perf_counter() - clock
 
     users = sorted(split.users)
@@ -267,70 +422,137 @@ def evaluate_persona(
         users = sorted(test_users | valid_users)
     else:
         test_users = set(users)
-    variants = ["shared", "both"] if private else ["shared"]
-    lists: dict[tuple[str, str], list[RerankedList]] = {(v, w): [] for v in variants for w in ("valid", "test")}
-    private_losses: list[float] = []
-    timings["private_adapter_s"] = 0.0
-    timings["rerank_s"] = 0.0
-    with (
-        tempfile.TemporaryDirectory(prefix="persona-eval-") as tmp,
-        FoundationModel(gguf_path(), n_threads=config.threads, max_candidates=config.rerank_k) as served,
-    ):
+    variants = VARIANTS if private else VARIANTS[:2]
+    workers = config.workers or os.cpu_count() or 1
+    clock = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="persona-eval-") as tmp:
         export_gguf(shared, Path(tmp) / "shared.gguf")
-        served.load_adapter("shared", Path(tmp) / "shared.gguf")
-        served.set_scales(shared=1.0)
-        for done, u in enumerate(users, start=1):
-            s = split.users[u]
-            if private:
-                clock = time.perf_counter()
-                adapter, loss, _ = train_private_adapter(u, s.train, score_all, fm, builder, config)
-                private_losses.append(loss)
-                export_gguf(adapter, Path(tmp) / "private.gguf")
-                served.load_adapter("private", Path(tmp) / "private.gguf")
-                timings["private_adapter_s"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            prefix = builder.prefix(s.train.tolist())
-            which: Literal["valid", "test"]
-            for which, chosen in (("valid", valid_users), ("test", test_users)):
-                if u not in chosen:
-                    continue
-                c = candidates_for(split, u, which, protocol, score_all, config.rerank_k)
-                suffixes = [builder.suffix(int(i)) for i in c.items[c.top]]
-                for variant in variants:
-                    if private:
-                        served.set_scales(private=1.0 if variant == "both" else 0.0)
-                    fm_scores = served.score(prefix, suffixes, builder.answers)
-                    lists[(variant, which)].append(
-                        RerankedList(c.top, c.first[c.top], fm_scores, c.positive_first_rank)
-                    )
-            timings["rerank_s"] += time.perf_counter() - clock
-            if progress is not None and (done % 50 == 0 or done == len(users)):
-                progress("rerank", {"users": done, "of": len(users)})
+        job = _Job(
+            split,
+            text_vectors,
+            catalog,
+            (first.shared, first.privates),
+            str(Path(tmp) / "shared.gguf"),
+            config,
+            protocol,
+            private,
+            variants,
+            frozenset(valid_users),
+            frozenset(test_users),
+            tmp,
+        )
+        results = _rerank_all(job, users, min(workers, len(users)), progress)
+    timings["per_user_wall_s"] = time.perf_counter() - clock
+    timings["private_adapter_cpu_s"] = sum(r.private_s for r in results)
+    timings["rerank_cpu_s"] = sum(r.rerank_s for r in results)
+
     recall = (20,) if protocol == "full" else ()
-    report: dict[str, Any] = {}
-    for variant in variants:
-        weight, _ = pick_weight(lists[(variant, "valid")])
-        report[variant] = {
-            "blend_weight": weight,
-            "test": summarize([lst.rank(weight) for lst in lists[(variant, "test")]], recall_ks=recall),
-            "valid": summarize([lst.rank(weight) for lst in lists[(variant, "valid")]], recall_ks=recall),
-        }
-    final = report["both" if private else "shared"]
+    report, first_test, first_valid = _summaries(results, variants, recall)
+    final = report[variants[-1]]
     selected = {
         **{k: v for k, v in first.selected.items() if k != "history"},
-        "first_stage_metrics": summarize([lst.rank(0.0) for lst in lists[(variants[0], "test")]], recall_ks=recall),
-        "first_stage_valid_metrics": summarize(
-            [lst.rank(0.0) for lst in lists[(variants[0], "valid")]], recall_ks=recall
-        ),
+        "first_stage_metrics": first_test,
+        "first_stage_valid_metrics": first_valid,
         "blend_weight": final["blend_weight"],
         "rerank_k": config.rerank_k,
         "valid_users": n_valid,
         "test_users": len(test_users),
+        "workers": min(workers, len(users)),
+        "fm_rounds": fm_log,
+        "persona_config": asdict(config),
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "base_fm": report["base"],
+    }
+    if private:
+        selected["shared_only"] = report["shared"]
+        losses = [r.private_loss for r in results if r.private_loss is not None]
+        selected["private_train_loss_mean"] = float(np.mean(losses))
+    return final["test"], final["valid"], selected
+
+
+def evaluate_persona_coldstart(
+    split: Split,
+    text_vectors: FloatArray,
+    catalog: Catalog,
+    *,
+    private: bool = True,
+    federated: Any = None,
+    config: PersonaConfig = PersonaConfig(),
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The cold-start protocol for the two-stage system: the first stage and the shared adapter train on the warm
+    users only; each cold user then has their first k items (k in 0, 1, 3, 5) — the first stage trains their
+    private vector on them, the private LoRA trains on their pairs when there are any (k ≥ 2), and the FM
+    rescores their top ``rerank_k`` with that k-item history. The blend weight is picked per k on the cold users'
+    validation lists; the first stage, base FM and shared-only rows are on the same lists."""
+    from models.evaluate import COLDSTART_KS, FederatedConfig, cold_private_model, coldstart_users, train_federated
+    from models.fm_assets import torch_dir
+    from models.fm_train import TorchFM
+    from models.lora import export_gguf
+    from models.prompts import PromptBuilder
+
+    federated = federated or FederatedConfig()
+    warm, cold = coldstart_users(split)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    first = train_federated(split, text_vectors, config=federated, users=warm, progress=progress)
+    assert first.score_all is not None and first.shared is not None
+    timings["first_stage_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
+    shared, fm_log = train_shared_adapter(split.subset(warm), first.score_all, fm, builder, config, progress=progress)
+    del fm
+    timings["shared_adapter_s"] = time.perf_counter() - clock
+    variants = VARIANTS if private else VARIANTS[:2]
+    workers = min(config.workers or os.cpu_count() or 1, len(cold))
+    test: dict[str, Any] = {}
+    valid: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {"first_stage_metrics": {}, "base_fm": {}, "shared_only": {}, "blend_weight": {}}
+    clock = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="persona-cold-") as tmp:
+        export_gguf(shared, Path(tmp) / "shared.gguf")
+        for k in COLDSTART_KS:
+            cut = Split(split.dataset, split.seed, split.n_items, {})
+            for u in cold:
+                s = split.users[u]
+                cut.users[u] = type(s)(s.train[:k], s.valid, s.test, s.valid_negs, s.test_negs)
+            cold_model = cold_private_model(first.shared, cut, text_vectors, federated)
+            job = _Job(
+                cut,
+                text_vectors,
+                catalog,
+                (first.shared, cold_model.privates),
+                str(Path(tmp) / "shared.gguf"),
+                config,
+                "loo99",
+                private,
+                variants,
+                frozenset(cold),
+                frozenset(cold),
+                tmp,
+            )
+            results = _rerank_all(job, cold, workers, progress)
+            report, first_test, _ = _summaries(results, variants, ())
+            key = f"k={k}"
+            test[key] = report[variants[-1]]["test"]
+            valid[key] = report[variants[-1]]["valid"]
+            rows["first_stage_metrics"][key] = first_test
+            rows["base_fm"][key] = report["base"]["test"]
+            rows["shared_only"][key] = report["shared"]["test"]
+            rows["blend_weight"][key] = report[variants[-1]]["blend_weight"]
+    timings["per_user_wall_s"] = time.perf_counter() - clock
+    if not private:
+        del rows["shared_only"]
+    selected = {
+        **{k: v for k, v in first.selected.items() if k != "history"},
+        **rows,
+        "cold_users": len(cold),
+        "warm_users": len(warm),
+        "rerank_k": config.rerank_k,
+        "workers": workers,
         "fm_rounds": fm_log,
         "persona_config": asdict(config),
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    if private:
-        selected["shared_only"] = report["shared"]
-        selected["private_train_loss_mean"] = float(np.mean(private_losses))
-    return final["test"], final["valid"], selected
+    return test, valid, selected

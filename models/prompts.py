@@ -15,7 +15,8 @@ from pathlib import Path
 from models.data import Catalog
 
 BOS = 2
-HISTORY_ITEMS = 10
+HISTORY_ITEMS = 5  # measured: 10 items cost 1.8× the tokens of 5 in every prompt (training and serving)
+SUFFIX_TAGS = 2
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class PromptBuilder:
         self.answers = AnswerTokens(yes=self._single(" Yes"), no=self._single(" No"))
         self._item_piece = lru_cache(maxsize=None)(self._item_piece_uncached)
         self._head = self._ids("Movies I liked:")
-        self._question = self._ids("\nWould I like it? Answer:")
+        self._question = self._ids("\nLike it?")
         self._next = self._ids("\nNext:")
 
     def _ids(self, text: str) -> list[int]:
@@ -65,5 +66,5 @@ class PromptBuilder:
     def suffix(self, item: int) -> list[int]:
         """The candidate (title, year, tags) and the question; the next token answers it."""
         tags = self.catalog.tags[item]
-        text = " " + self.catalog.label(item) + (", " + ", ".join(tags[:3]) if tags else "") + "."
+        text = " " + self.catalog.label(item) + (", " + ", ".join(tags[:SUFFIX_TAGS]) if tags else "") + "."
         return [*self._next, *self._ids(text), *self._question]

@@ -2,7 +2,9 @@
 """Foundation-model figures: rerank 20/50 candidates (idle and beside a busy process), LoRA training time,
 peak RSS of the serving and training processes, adapter file sizes.
 
-Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N] [--pairs N]
+Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N]
+
+Training uses the recipe of `agent eval --model persona` (models.persona.PersonaConfig).
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--users", type=int, default=10, help="users whose candidates are reranked (default 10)")
-    parser.add_argument("--pairs", type=int, default=32, help="training pairs from one user's history (default 32)")
     args = parser.parse_args()
-    figures = bench_fm(users=args.users, pairs=args.pairs)
+    figures = bench_fm(users=args.users)
     if args.json:
         print(json.dumps(figures))
     else:

@@ -30,6 +30,7 @@ from agent.tui.screens import SuggestionsScreen, WhyScreen
 from models.fm_assets import gguf_path
 from models.llm import FoundationModel
 from models.lora import verify_gguf
+from models.persona import PersonaConfig
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
@@ -92,11 +93,12 @@ def write_config(home: Path, text: str) -> None:
 def test_worker_trains_a_private_lora_that_verifies_and_changes_served_scores(
     trained_home: tuple[Path, str], trained: Path
 ) -> None:
-    assert "private LoRA retrained on 8 pairs" in trained_home[1]
+    pairs = PersonaConfig().private_pairs  # the recipe `agent eval --model persona` measures
+    assert f"private LoRA retrained on {pairs} pairs" in trained_home[1]
     with ProfileStore.open() as store:
         record = store.adapter_record(PRIVATE_LORA)
         assert record is not None and record.file.parent.name == "adapters" and record.file.is_file()
-        assert record.meta["catalog"] == "ml-100k" and record.meta["pairs"] == 8 and record.meta["delta_norm"] > 0
+        assert record.meta["catalog"] == "ml-100k" and record.meta["pairs"] == pairs and record.meta["delta_norm"] > 0
         assert "zero default" in record.meta["shared_lora"]
         profile = Profile.load(store)
         liked, _ = profile.feedback()
@@ -116,7 +118,7 @@ def test_worker_trains_a_private_lora_that_verifies_and_changes_served_scores(
     assert np.abs(adapted - base).max() > 0.05, (base, adapted)
     code, stdout, _ = invoke("inspect", "--json")
     body = json.loads(stdout)
-    assert code == 0 and body["private_lora"]["stored"] and body["private_lora"]["pairs"] == 8
+    assert code == 0 and body["private_lora"]["stored"] and body["private_lora"]["pairs"] == pairs
     assert body["private_lora"]["bytes"] == record.file.stat().st_size and not body["shared_lora"]["stored"]
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from agent.paths import cache_dir
 from models.encoder import ItemEncoder, embed_catalog
-from models.evaluate import FederatedConfig, metrics_for, train_federated
+from models.evaluate import COLDSTART_KS, FederatedConfig, evaluate_coldstart, metrics_for, train_federated
 from models.movielens import load_ml100k
-from models.persona import PersonaConfig, agent_pairs, candidates_for, evaluate_persona
+from models.persona import PersonaConfig, agent_pairs, candidates_for, evaluate_persona, evaluate_persona_coldstart
 from models.rerank import BLEND_WEIGHTS
 from models.split import make_loo_split
 
@@ -54,7 +54,15 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
     federated = FederatedConfig(rounds=1)
     config = PersonaConfig(
-        rounds=1, cohort=2, pairs_per_agent=4, private_pairs=4, private_epochs=2, rerank_k=5, valid_users=2, threads=1
+        rounds=1,
+        cohort=2,
+        pairs_per_agent=4,
+        private_pairs=4,
+        private_epochs=2,
+        rerank_k=5,
+        valid_users=2,
+        threads=1,
+        workers=2,  # the real process pool, as `agent eval` runs it
     )
     test, valid, selected = evaluate_persona(
         split, vectors, dataset.catalog, federated=federated, config=config, private=True
@@ -62,7 +70,8 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert set(test) == {"HR@10", "NDCG@10"} and set(valid) == {"HR@10", "NDCG@10"}
     assert selected["blend_weight"] in BLEND_WEIGHTS
     assert selected["shared_only"]["blend_weight"] in BLEND_WEIGHTS
-    assert selected["valid_users"] == 2
+    assert selected["base_fm"]["blend_weight"] in BLEND_WEIGHTS
+    assert selected["valid_users"] == 2 and selected["test_users"] == 4 and selected["workers"] == 2
     # the shared adapter trained through one federated round of two agents, and the private ones trained
     assert selected["fm_rounds"][0]["agents"] == 2
     assert np.isfinite(selected["fm_rounds"][0]["train_loss"])
@@ -72,3 +81,27 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert selected["first_stage_metrics"] == metrics_for(first, split, "loo99", "test")
     # reranking only reorders the top 5, so HR@10 cannot change
     assert test["HR@10"] == selected["first_stage_metrics"]["HR@10"]
+
+
+@pytest.mark.usefixtures("warm_embedding_cache")
+def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
+    dataset = load_ml100k()
+    full = make_loo_split(dataset, seed=0)
+    split = full.subset(sorted(full.users)[:10])
+    vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
+    federated = FederatedConfig(rounds=1)
+    config = PersonaConfig(
+        rounds=1, cohort=8, pairs_per_agent=4, private_pairs=4, private_epochs=1, rerank_k=5, threads=1, workers=1
+    )
+    test, _valid, selected = evaluate_persona_coldstart(
+        split, vectors, dataset.catalog, federated=federated, config=config
+    )
+    assert set(test) == {f"k={k}" for k in COLDSTART_KS}
+    assert selected["cold_users"] == 2 and selected["warm_users"] == 8
+    assert selected["fm_rounds"][0]["agents"] == 8  # the shared adapter saw the warm users only
+    # the first-stage row is exactly the first stage's own cold-start measurement
+    first, _, _ = evaluate_coldstart("federated", split, vectors, federated=federated)
+    assert selected["first_stage_metrics"] == first
+    for k in COLDSTART_KS:  # reranking the top 5 reorders within the top 10
+        assert test[f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
+        assert selected["blend_weight"][f"k={k}"] in BLEND_WEIGHTS
