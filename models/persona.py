@@ -34,7 +34,7 @@ import numpy as np
 from models.data import Catalog
 from models.federated import Aggregator, WeightedMeanAggregator
 from models.metrics import summarize
-from models.rerank import RerankedList, pick_weight
+from models.rerank import RerankedList, fm_auc, pick_weight, weight_curve
 from models.retrieval import FloatArray, IntArray
 from models.split import Split
 
@@ -365,6 +365,8 @@ def _summaries(
         weight, _ = pick_weight(lists["valid"])
         report[variant] = {
             "blend_weight": weight,
+            "fm_auc_in_top_k": {w: fm_auc(lists[w]) for w in ("valid", "test")},
+            "valid_NDCG@10_by_weight": {str(k): v["NDCG@10"] for k, v in weight_curve(lists["valid"]).items()},
             "test": summarize([lst.rank(weight) for lst in lists["test"]], recall_ks=recall),
             "valid": summarize([lst.rank(weight) for lst in lists["valid"]], recall_ks=recall),
         }

@@ -54,6 +54,20 @@ class RerankedList:
         return int(np.count_nonzero(final >= final[where[0]]) - 1)
 
 
+def fm_auc(lists: Sequence[RerankedList]) -> float | None:
+    """How often the foundation model alone scores the positive above another of the top K (ties count half),
+    averaged over the lists whose top K holds the positive: 0.5 is no ranking signal. ``None`` if no list has it."""
+    aucs = []
+    for lst in lists:
+        where = np.flatnonzero(lst.top == 0)
+        if len(where) == 0 or len(lst.top) < 2:
+            continue
+        others = np.delete(lst.fm, where[0])
+        positive = lst.fm[where[0]]
+        aucs.append((np.count_nonzero(others < positive) + 0.5 * np.count_nonzero(others == positive)) / len(others))
+    return float(np.mean(aucs)) if aucs else None
+
+
 def rerank_lists(
     split: Split, which: str, first_score: FirstScoreFn, fm_score: FMScoreFn, *, k: int
 ) -> list[RerankedList]:
@@ -83,9 +97,15 @@ def pick_weight(
 ) -> tuple[float, dict[str, float]]:
     """The blend weight with the best NDCG@10 on these (validation) lists, and that metric set."""
     best: tuple[float, dict[str, float]] | None = None
-    for weight in weights:
-        metrics = summarize([lst.rank(weight) for lst in lists])
+    for weight, metrics in weight_curve(lists, weights).items():
         if best is None or metrics["NDCG@10"] > best[1]["NDCG@10"]:
             best = (weight, metrics)
     assert best is not None
     return best
+
+
+def weight_curve(
+    lists: Sequence[RerankedList], weights: Sequence[float] = BLEND_WEIGHTS
+) -> dict[float, dict[str, float]]:
+    """HR@10 and NDCG@10 of these lists at each blend weight."""
+    return {weight: summarize([lst.rank(weight) for lst in lists]) for weight in weights}

@@ -71,6 +71,9 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert selected["blend_weight"] in BLEND_WEIGHTS
     assert selected["shared_only"]["blend_weight"] in BLEND_WEIGHTS
     assert selected["base_fm"]["blend_weight"] in BLEND_WEIGHTS
+    auc = selected["shared_only"]["fm_auc_in_top_k"]["test"]
+    assert auc is None or 0.0 <= auc <= 1.0
+    assert set(selected["base_fm"]["valid_NDCG@10_by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
     assert selected["valid_users"] == 2 and selected["test_users"] == 4 and selected["workers"] == 2
     # the shared adapter trained through one federated round of two agents, and the private ones trained
     assert selected["fm_rounds"][0]["agents"] == 2

@@ -9,7 +9,7 @@ from agent.paths import cache_dir
 from models.encoder import ItemEncoder, embed_catalog
 from models.evaluate import FederatedConfig, evaluate_two_stage
 from models.movielens import load_ml100k
-from models.rerank import RerankedList, blend, pick_weight, zscore
+from models.rerank import RerankedList, blend, fm_auc, pick_weight, weight_curve, zscore
 from models.split import make_loo_split
 
 
@@ -33,6 +33,21 @@ def test_rank_of_the_positive_after_blending() -> None:
 
 
 @pytest.mark.usefixtures("warm_embedding_cache")
+def test_fm_auc_measures_the_fm_alone_within_the_top_k() -> None:
+    top = np.array([3, 0, 5, 7])  # the positive (candidate 0) is second in the first stage's top 4
+    first = np.array([4.0, 3.0, 2.0, 1.0], dtype=np.float32)
+    right = RerankedList(top, first, np.array([0.0, 9.0, 1.0, 2.0], dtype=np.float32), 1)
+    wrong = RerankedList(top, first, np.array([5.0, -1.0, 1.0, 2.0], dtype=np.float32), 1)
+    tied = RerankedList(top, first, np.zeros(4, dtype=np.float32), 1)
+    absent = RerankedList(np.array([3, 5, 7, 9]), first, np.zeros(4, dtype=np.float32), 12)
+    assert fm_auc([right]) == 1.0 and fm_auc([wrong]) == 0.0 and fm_auc([tied]) == 0.5
+    assert fm_auc([right, wrong, absent]) == 0.5  # a list without the positive in its top K does not count
+    assert fm_auc([absent]) is None
+    curve = weight_curve([right, wrong])
+    assert curve[0.0] == pick_weight([right, wrong], weights=(0.0,))[1]  # weight 0: the first stage's own order
+    assert curve[2.0]["NDCG@10"] != curve[0.0]["NDCG@10"]
+
+
 def test_two_stage_on_a_slice_reports_both_stages() -> None:
     dataset = load_ml100k()
     full = make_loo_split(dataset, seed=0)
