@@ -141,6 +141,12 @@ def eval_command(
     if model not in MODELS:
         err.print(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
         raise typer.Exit(2)
+    if via_sync and model != "federated":
+        err.print(
+            "--via-sync measures the federated first stage through the real protocol; use it with --model federated "
+            "(the persona models train their shared LoRA with the in-process aggregator)."
+        )
+        raise typer.Exit(2)
     if test_users is not None and (test_users < 1 or not model.startswith("persona")):
         err.print("--test-users takes a positive number and applies to the persona models only.")
         raise typer.Exit(2)

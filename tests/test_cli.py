@@ -125,3 +125,12 @@ def test_eval_persona_base_outside_loo99_is_a_clear_error() -> None:
     result = runner.invoke(app, ["eval", "--model", "persona-base", "--protocol", "full"])
     assert result.exit_code == 1
     assert "loo99" in result.output and "Traceback" not in result.output
+
+
+def test_eval_options_that_do_not_apply_are_usage_errors() -> None:
+    via_sync = runner.invoke(app, ["eval", "--model", "persona", "--via-sync"])
+    assert via_sync.exit_code == 2 and "--model federated" in via_sync.output
+    sample = runner.invoke(app, ["eval", "--model", "central", "--test-users", "10"])
+    assert sample.exit_code == 2 and "persona models only" in sample.output
+    zero = runner.invoke(app, ["eval", "--model", "persona", "--test-users", "0"])
+    assert zero.exit_code == 2 and "Traceback" not in zero.output
