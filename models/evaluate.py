@@ -281,6 +281,15 @@ def coldstart_users(split: Split, *, fraction: float = 0.2, seed: int = 0) -> tu
     return [int(u) for u in warm], [int(u) for u in cold]
 
 
+def coldstart_cut(split: Split, cold: list[int], k: int) -> Split:
+    """The cold users only, each with their training history cut to its first ``k`` items."""
+    cut = Split(split.dataset, split.seed, split.n_items, {})
+    for u in cold:
+        s = split.users[u]
+        cut.users[u] = type(s)(s.train[:k], s.valid, s.test, s.valid_negs, s.test_negs)
+    return cut
+
+
 def evaluate_coldstart(
     name: str,
     split: Split,
@@ -301,10 +310,7 @@ def evaluate_coldstart(
     valid: dict[str, dict[str, float]] = {}
     shared = model.shared
     for k in COLDSTART_KS:
-        cut = Split(split.dataset, split.seed, split.n_items, {})
-        for u in cold:
-            s = split.users[u]
-            cut.users[u] = type(s)(s.train[:k], s.valid, s.test, s.valid_negs, s.test_negs)
+        cut = coldstart_cut(split, cold, k)
         if name == "popularity" or shared is None:
             k_model = model
         else:

@@ -376,6 +376,49 @@ def _summaries(
     return report, first_test, first_valid
 
 
+def _train_stages(
+    split: Split,
+    text_vectors: FloatArray,
+    catalog: Catalog,
+    config: PersonaConfig,
+    federated: Any,
+    *,
+    protocol: Literal["loo99", "full"] = "loo99",
+    users: list[int] | None = None,
+    aggregator: Aggregator | None = None,
+    progress: Progress | None = None,
+) -> tuple[Any, Any, list[dict[str, Any]], dict[str, float]]:
+    """The federated first stage (selected on ``protocol``) and then the shared LoRA, both trained on ``users``
+    (default: all): the first stage, the shared adapter, its round log and the two stages' seconds."""
+    from models.evaluate import FederatedConfig, train_federated
+    from models.fm_assets import torch_dir
+    from models.fm_train import TorchFM
+    from models.prompts import PromptBuilder
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    first = train_federated(
+        split,
+        text_vectors,
+        config=federated or FederatedConfig(),
+        select_protocol=protocol,
+        users=users,
+        progress=progress,
+    )
+    assert first.score_all is not None and first.shared is not None
+    timings["first_stage_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
+    agents = split if users is None else split.subset(users)
+    shared, fm_log = train_shared_adapter(
+        agents, first.score_all, fm, builder, config, aggregator=aggregator, progress=progress
+    )
+    del fm  # the rerank workers load their own copy; the parent's would only hold memory
+    timings["shared_adapter_s"] = time.perf_counter() - clock
+    return first, shared, fm_log, timings
+
+
 def evaluate_persona(
     split: Split,
     text_vectors: FloatArray,
@@ -391,28 +434,11 @@ def evaluate_persona(
     """Train the whole system and report test metrics (blend weight chosen on validation), validation metrics and
     a selection record that also carries, measured on the same users and candidates so the rows differ only in
     the adapters: the first stage alone, the base FM (no adapter) and, with ``private``, the shared adapter alone."""
-    from models.evaluate import FederatedConfig, train_federated
-    from models.fm_assets import torch_dir
-    from models.fm_train import TorchFM
     from models.lora import export_gguf
-    from models.prompts import PromptBuilder
 
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    first = train_federated(
-        split, text_vectors, config=federated or FederatedConfig(), select_protocol=protocol, progress=progress
+    first, shared, fm_log, timings = _train_stages(
+        split, text_vectors, catalog, config, federated, protocol=protocol, aggregator=aggregator, progress=progress
     )
-    assert first.score_all is not None and first.shared is not None
-    timings["first_stage_s"] = time.perf_counter() - clock
-
-    clock = time.perf_counter()
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
-    fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
-    shared, fm_log = train_shared_adapter(
-        split, first.score_all, fm, builder, config, aggregator=aggregator, progress=progress
-    )
-    del fm  # the workers load their own copy; the parent's would only hold memory
-    timings["shared_adapter_s"] = time.perf_counter() - clock
 
     users = sorted(split.users)
     rng = np.random.default_rng([config.seed, 13])
@@ -487,25 +513,14 @@ def evaluate_persona_coldstart(
     private vector on them, the private LoRA trains on their pairs when there are any (k ≥ 2), and the FM
     rescores their top ``rerank_k`` with that k-item history. The blend weight is picked per k on the cold users'
     validation lists; the first stage, base FM and shared-only rows are on the same lists."""
-    from models.evaluate import COLDSTART_KS, FederatedConfig, cold_private_model, coldstart_users, train_federated
-    from models.fm_assets import torch_dir
-    from models.fm_train import TorchFM
+    from models.evaluate import COLDSTART_KS, FederatedConfig, cold_private_model, coldstart_cut, coldstart_users
     from models.lora import export_gguf
-    from models.prompts import PromptBuilder
 
     federated = federated or FederatedConfig()
     warm, cold = coldstart_users(split)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-    first = train_federated(split, text_vectors, config=federated, users=warm, progress=progress)
-    assert first.score_all is not None and first.shared is not None
-    timings["first_stage_s"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
-    fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
-    shared, fm_log = train_shared_adapter(split.subset(warm), first.score_all, fm, builder, config, progress=progress)
-    del fm
-    timings["shared_adapter_s"] = time.perf_counter() - clock
+    first, shared, fm_log, timings = _train_stages(
+        split, text_vectors, catalog, config, federated, users=warm, progress=progress
+    )
     variants = VARIANTS if private else VARIANTS[:2]
     workers = min(config.workers or os.cpu_count() or 1, len(cold))
     test: dict[str, Any] = {}
@@ -515,10 +530,7 @@ def evaluate_persona_coldstart(
     with tempfile.TemporaryDirectory(prefix="persona-cold-") as tmp:
         export_gguf(shared, Path(tmp) / "shared.gguf")
         for k in COLDSTART_KS:
-            cut = Split(split.dataset, split.seed, split.n_items, {})
-            for u in cold:
-                s = split.users[u]
-                cut.users[u] = type(s)(s.train[:k], s.valid, s.test, s.valid_negs, s.test_negs)
+            cut = coldstart_cut(split, cold, k)
             cold_model = cold_private_model(first.shared, cut, text_vectors, federated)
             job = _Job(
                 cut,

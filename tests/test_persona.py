@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from agent.paths import cache_dir
+from models.data import Dataset
 from models.encoder import ItemEncoder, embed_catalog
 from models.evaluate import COLDSTART_KS, FederatedConfig, evaluate_coldstart, metrics_for, train_federated
 from models.movielens import load_ml100k
 from models.persona import PersonaConfig, agent_pairs, candidates_for, evaluate_persona, evaluate_persona_coldstart
 from models.rerank import BLEND_WEIGHTS
-from models.split import make_loo_split
+from models.split import Split, make_loo_split
 
 
 def test_agent_pairs_come_from_the_agents_own_training_items() -> None:
@@ -46,12 +47,17 @@ def test_full_protocol_candidates_exclude_training_and_valid_items() -> None:
     assert c.positive_first_rank == len(c.items) - 1  # all tied: ties count against the positive
 
 
-@pytest.mark.usefixtures("warm_embedding_cache")
-def test_persona_on_a_slice_reports_every_stage() -> None:
+def first_users(n: int) -> tuple[Dataset, Split, np.ndarray]:
+    """ML-100K, its seed-0 split cut to the first ``n`` users, and the catalog's text vectors."""
     dataset = load_ml100k()
     full = make_loo_split(dataset, seed=0)
-    split = full.subset(sorted(full.users)[:4])
     vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
+    return dataset, full.subset(sorted(full.users)[:n]), vectors
+
+
+@pytest.mark.usefixtures("warm_embedding_cache")
+def test_persona_on_a_slice_reports_every_stage() -> None:
+    dataset, split, vectors = first_users(4)
     federated = FederatedConfig(rounds=1)
     config = PersonaConfig(
         rounds=1,
@@ -88,10 +94,7 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
 
 @pytest.mark.usefixtures("warm_embedding_cache")
 def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
-    dataset = load_ml100k()
-    full = make_loo_split(dataset, seed=0)
-    split = full.subset(sorted(full.users)[:10])
-    vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
+    dataset, split, vectors = first_users(10)
     federated = FederatedConfig(rounds=1)
     config = PersonaConfig(
         rounds=1, cohort=8, pairs_per_agent=4, private_pairs=4, private_epochs=1, rerank_k=5, threads=1, workers=1
