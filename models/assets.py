@@ -132,8 +132,8 @@ def prepare_ml100k(progress: Progress = lambda _msg: None) -> Path:
 def prepare_all(progress: Progress = lambda _msg: None) -> None:
     """Prepare every asset the product needs; each step is skipped when already done."""
     prepare_ml100k(progress)
-    from models.encoder_export import prepare_encoder
-    from models.fm_assets import prepare_gemma, prepare_gemma_torch
+    from models.text.export import prepare_encoder
+    from models.fm.assets import prepare_gemma, prepare_gemma_torch
 
     prepare_encoder(progress)
     prepare_gemma(progress)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """The personality-leakage audit on ML-100K: attacker AUC (gender, age group) on four views of every user under five
-protection settings, next to LOO-99 quality and ε (the logic is ``sync.audit``; this is its entry point).
+protection settings, next to LOO-99 quality and ε (the logic is ``sync.simulation.audit``; this is its entry point).
 
     .venv/bin/python scripts/audit.py --json                  # all settings, the shipped sync defaults
     .venv/bin/python scripts/audit.py --rounds 10 --settings none,default
 
-Every ML-100K user is an agent; cohorts, C, σ and the weight cap are the shipped sync defaults (``agent.cli_sync``,
+Every ML-100K user is an agent; cohorts, C, σ and the weight cap are the shipped sync defaults (``agent.engine.sync``,
 overridable with their PERSONA_SYNC_* variables). Progress goes to stderr; ``--json`` prints
 ``{"rows": [...], "quality": {...}, "epsilon": {...}}`` on stdout, else a table.
 """
@@ -22,15 +22,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent import paths
-from agent.cli_sync import SYNC_CLIP, SYNC_COHORT, SYNC_MAX_DROPOUT, SYNC_SIGMA, SYNC_WEIGHT_CAP
-from models.encoder import ItemEncoder, embed_catalog
-from models.evaluate import FederatedConfig
-from models.leakage import LeakageObjective
-from models.movielens import load_ml100k
-from models.split import make_loo_split
-from sync.audit import SETTINGS, AuditConfig
-from sync.audit import run_audit as audit
-from sync.privacy import PrivacyParams
+from agent.engine.sync import SYNC_CLIP, SYNC_COHORT, SYNC_MAX_DROPOUT, SYNC_SIGMA, SYNC_WEIGHT_CAP
+from models.text.encoder import ItemEncoder, embed_catalog
+from models.evaluation.protocols import FederatedConfig
+from models.privacy.leakage import LeakageObjective
+from models.data.movielens import load_ml100k
+from models.data.split import make_loo_split
+from sync.simulation.audit import SETTINGS, AuditConfig
+from sync.simulation.audit import run_audit as audit
+from sync.protocol.privacy import PrivacyParams
 
 # Every agent trains in every round at the shipped defaults; 40 rounds (the federated default; validation keeps the
 # best) take all five settings about 36 minutes on 2 busy cores. At 25 the protected runs are still improving.

@@ -4,7 +4,7 @@ peak RSS of the serving and training processes, adapter file sizes.
 
 Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N]
 
-Training uses the recipe of `agent eval --model persona` (models.persona.PersonaConfig).
+Training uses the recipe of `agent eval --model persona` (models.experiments.persona.PersonaConfig).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from models.bench_fm import bench_fm
+from models.experiments.bench_fm import bench_fm
 
 
 def main() -> None:

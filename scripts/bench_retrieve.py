@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
-from models.bench import bench_retrieve
+from models.experiments.bench_retrieve import bench_retrieve
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Federated simulation over the real protocol: a coordinator on 127.0.0.1 (subprocess), N ML-100K users as agents,
-R rounds with a fraction dropping after sharing keys; validation quality per round from models.evaluate.
+R rounds with a fraction dropping after sharing keys; validation quality per round from models.evaluation.protocols.
 
     .venv/bin/python scripts/simulate.py --agents 200 --rounds 10 --dropout 0.1
 
@@ -18,12 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.paths import cache_dir
-from models.encoder import ItemEncoder, embed_catalog
-from models.evaluate import FederatedConfig, train_federated
-from models.movielens import load_ml100k
-from models.retrieval import SharedParams
-from models.split import make_loo_split
-from sync.aggregator import SecureAggregator
+from models.text.encoder import ItemEncoder, embed_catalog
+from models.evaluation.protocols import FederatedConfig, train_federated
+from models.data.movielens import load_ml100k
+from models.firststage.scorer import SharedParams
+from models.data.split import make_loo_split
+from sync.simulation.aggregator import SecureAggregator
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def test_runtime_learning_modules_do_not_load_torch() -> None:
     code = textwrap.dedent(
         """\
         import sys
-        import models.encoder, models.split, models.metrics, models.movielens
+        import models.text.encoder, models.data.split, models.evaluation.metrics, models.data.movielens
         heavy = sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules)
         print(",".join(heavy))
         """

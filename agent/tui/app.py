@@ -1,8 +1,8 @@
 """The Persona TUI (Textual): Suggestions, Why, Profile, Sync and Onboarding screens.
 
-The app owns the profile store and the loaded :class:`agent.profile.Profile`. Everything slow runs in thread
+The app owns the profile store and the loaded :class:`agent.engine.profile.Profile`. Everything slow runs in thread
 workers (loading the catalog and vectors, embedding a query, training, sync); training itself runs in a separate
-process (:mod:`agent.worker`), so torch is never imported here. Errors show as notifications or a modal.
+process (:mod:`agent.engine.worker`), so torch is never imported here. Errors show as notifications or a modal.
 
 Every binding has an id; ``[keys]`` in ``config.toml`` remaps them (see :mod:`agent.settings`). The command
 palette (Ctrl+P) mirrors the CLI verbs.
@@ -24,9 +24,9 @@ from textual.command import Hit, Hits, Provider
 from textual.widgets import ProgressBar
 
 from agent.errors import WrongPassphraseError
-from agent.profile import Profile
+from agent.engine.profile import Profile
 from agent.settings import Settings
-from agent.store import ProfileStore, reset_profile
+from agent.store.database import ProfileStore, reset_profile
 from agent.tui.screens import (
     ConfirmScreen,
     ErrorScreen,
@@ -39,9 +39,9 @@ from agent.tui.screens import (
 )
 from models.errors import PersonaError
 
-SYNC_HOOK_MODULE = "agent.cli_sync"
+SYNC_HOOK_MODULE = "agent.engine.sync"
 SYNC_HOOK_NAME = "tui_sync"
-"""The sync seam: ``agent.cli_sync.tui_sync(store, progress) -> dict`` runs one round (``progress(fraction, text)``)."""
+"""The sync seam: ``agent.engine.sync.tui_sync(store, progress) -> dict`` runs one round (``progress(fraction, text)``)."""
 
 
 class PersonaCommands(Provider):
@@ -224,7 +224,7 @@ class PersonaApp(App[None]):
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
     def _train(self) -> None:
-        from agent.jobs import run_training
+        from agent.engine.jobs import run_training
 
         self.training = True
         try:

@@ -18,7 +18,7 @@ from textual.coordinate import Coordinate
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Static
 
-from agent.profile import Suggestion, egress_summary
+from agent.engine.profile import Suggestion, egress_summary
 
 if TYPE_CHECKING:
     from agent.tui.app import PersonaApp
@@ -100,7 +100,7 @@ class SuggestionsScreen(PersonaScreen):
         import numpy as np
         from textual.worker import get_current_worker
 
-        from agent import rerank
+        from agent.engine import rerank
 
         profile = self.persona.profile
         if profile is None:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sync.coordinator.service import Coordinator, Rejection
-from sync.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, stage_index
+from sync.protocol.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, stage_index
 
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")

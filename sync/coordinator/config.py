@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from sync.privacy import PrivacyParams
+from sync.protocol.privacy import PrivacyParams
 
 ENV_PREFIX = "PERSONA_COORDINATOR_"
 

@@ -25,13 +25,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from models.federated import FedAdam
-from sync import secagg
+from models.firststage.federated import FedAdam
+from sync.protocol import secagg
 from sync.coordinator.config import CoordinatorConfig
 from sync.errors import ProtocolError
-from sync.masking import Quantization, unpack
-from sync.privacy import weighted_mean
-from sync.wire import TERMINAL, request_message, shared_message, stage_index
+from sync.protocol.masking import Quantization, unpack
+from sync.protocol.privacy import weighted_mean
+from sync.protocol.wire import TERMINAL, request_message, shared_message, stage_index
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);

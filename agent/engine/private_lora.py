@@ -1,0 +1,116 @@
+"""The private LoRA φ_u of the foundation model, trained in the worker process on the person's own pairs.
+
+Each run of the training worker replaces the private LoRA: the pairs are the person's liked items in time order
+(each recent one, after the items before it, against a negative drawn from the first stage's top candidates for the
+same history — :func:`models.experiments.persona.agent_pairs`, the pairs the evaluation trains on), trained with the current
+shared LoRA attached and frozen (:func:`models.experiments.persona.train_private_adapter`), exported to GGUF and stored through
+:class:`agent.store.database.ProfileStore` (new file, then the row switch). The shared LoRA is the synced one when the
+profile has one (:data:`agent.store.database.SHARED_LORA`), else the zero-initialised default (B = 0: it changes nothing).
+
+When there is too little history (fewer than :data:`MIN_LIKED` liked items), the second stage is switched off or
+the foundation model's files are not prepared, no LoRA is trained and any stored one is removed: it was trained on
+feedback that has changed since (e.g. a forgotten item), and must not outlive it.
+
+Imports torch (through :mod:`models.fm.torch_model`) only inside :func:`train_private_lora`, in the worker process.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.engine.profile import Profile
+from agent.settings import RerankSettings
+from agent.store.database import PRIVATE_LORA, ProfileStore
+from models.errors import AssetError
+from models.firststage.scorer import FloatArray, IntArray, PrivateParams
+
+MIN_LIKED = 5
+"""Liked items needed before a private LoRA is trained (fewer give one or two pairs: noise, not taste)."""
+
+
+def skip_reason(n_liked: int, rerank: RerankSettings) -> str | None:
+    """Why no private LoRA is trained now, or None when it is."""
+    if not rerank.enabled:
+        return "the language-model rerank is switched off ([rerank] enabled = false)"
+    if n_liked < MIN_LIKED:
+        return f"needs at least {MIN_LIKED} liked items (you have {n_liked})"
+    from models.fm.assets import gguf_path, require_torch_copy
+
+    if not gguf_path().is_file():
+        return "the foundation model is not prepared (run scripts/setup)"
+    try:
+        require_torch_copy()
+    except AssetError:
+        return "the trainable copy of the foundation model is not prepared (run scripts/setup)"
+    return None
+
+
+def train_private_lora(
+    store: ProfileStore, profile: Profile, liked: IntArray, private: PrivateParams, rerank: RerankSettings
+) -> dict[str, Any]:
+    """Train, export and store this profile's private LoRA (or remove a stale one); returns what the run did."""
+    reason = skip_reason(len(liked), rerank)
+    if reason is not None:
+        removed = store.delete_adapter(PRIVATE_LORA)
+        return {"trained": False, "skipped": reason, "removed_previous": removed}
+
+    from models.fm.assets import torch_dir
+    from models.fm.torch_model import TorchFM
+    from models.fm.lora import LoraWeights, default_shared_spec, export_gguf, verify_gguf
+    from models.experiments.persona import PersonaConfig, train_private_adapter
+    from models.fm.prompts import PromptBuilder
+
+    started = time.perf_counter()
+    scorer = profile.scorer
+
+    def score_all(_user: int, history: IntArray) -> FloatArray:
+        return np.asarray(scorer.item_vectors @ scorer.user_state(history, private) + scorer.item_bias)
+
+    fm = TorchFM()
+    synced = store.load_shared_lora()
+    if synced is not None:
+        shared, shared_meta = synced
+        shared_version = str(shared_meta.get("version"))
+    else:
+        shared = LoraWeights.init(default_shared_spec(len(fm.layers)), fm.shapes())
+        shared_version = "zero default (B = 0, no sync yet)"
+    fm.attach("shared", shared)
+    builder = PromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
+    config = PersonaConfig()
+    weights, loss, n_pairs = train_private_adapter(0, liked, score_all, fm, builder, config)
+    with tempfile.TemporaryDirectory(dir=store.folder, prefix=".lora-") as tmp:
+        path = Path(tmp) / "private.gguf"
+        digest = export_gguf(weights, path)
+        if not verify_gguf(path):
+            raise AssetError("The exported private LoRA does not match its checksum.", hint="Run `agent train` again.")
+        data = path.read_bytes()
+    seconds = time.perf_counter() - started
+    delta_norm = weights.delta_norm()
+    record = store.save_private_lora(
+        data,
+        meta={
+            "catalog": profile.catalog.name,
+            "gguf_sha256": digest,
+            "layers": list(weights.spec.layers),
+            "rank": weights.spec.rank,
+            "pairs": n_pairs,
+            "loss": round(loss, 5),
+            "delta_norm": round(delta_norm, 5),
+            "shared_lora": shared_version,
+        },
+    )
+    store.record_training(adapter=PRIVATE_LORA, n_examples=n_pairs, mean_loss=loss, seconds=seconds)
+    return {
+        "trained": True,
+        "pairs": n_pairs,
+        "loss": round(loss, 5),
+        "delta_norm": round(delta_norm, 5),
+        "bytes": len(data),
+        "version": record.version,
+        "seconds": round(seconds, 3),
+    }

@@ -1,0 +1,250 @@
+"""The second stage of suggestions on the device: the foundation model rescores the first stage's top ``k``.
+
+The quantized Gemma runs in llama.cpp (:class:`models.fm.serving.FoundationModel`), loaded lazily once per process and
+kept (:data:`SERVED`), with the profile's LoRA adapters attached: the shared one when a sync has provided it and
+the private one the training worker wrote (:mod:`agent.engine.private_lora`). Adapters are reloaded when the store's
+record changes, so a retrain in the background shows in the next suggestions. Each of the top ``k`` is scored as
+logit(" Yes") − logit(" No") after a prompt of the person's recent history, and the final order of the top ``k`` is
+``z(first stage) + weight · z(language model)`` (:func:`models.fm.blend.blend`); the items below keep their order.
+
+The rerank runs only with a trained adapter: the base model alone ranks at noise level (README), so before the
+first private LoRA (five liked items and a training run) or a synced shared LoRA, suggestions are the first
+stage's. A foundation model or adapter that fails its checksum is reported and the first stage's list is used.
+
+Torch-free: the suggest path and the TUI import this module.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent import paths
+from agent.engine.profile import Profile, Suggestion
+from agent.settings import RerankSettings
+from agent.store.database import PRIVATE_LORA, SHARED_LORA, ProfileStore
+from models.assets import atomic_write_bytes, sha256_file
+from models.errors import AssetError, PersonaError
+from models.firststage.scorer import IntArray
+
+FM_VERIFIED_FILE = "foundation-model-verified.json"
+
+
+@dataclass(frozen=True)
+class RerankOutcome:
+    """The suggestions to show and what the second stage did."""
+
+    suggestions: list[Suggestion]
+    applied: bool
+    note: str
+    """What happened, in a few words (why the first stage alone was used, or what reranked)."""
+    error: PersonaError | None = None
+    """A problem to tell the person about (checksum, missing file); the first stage's list is shown."""
+    seconds: float = 0.0
+
+    def as_dict(self, settings: RerankSettings) -> dict[str, Any]:
+        """The ``rerank`` object of ``agent suggest --json``."""
+        return {
+            "applied": self.applied,
+            "k": settings.k,
+            "weight": settings.weight,
+            "note": self.note,
+            "error": None if self.error is None else self.error.message,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def verify_foundation_model(path: Path, expected_sha256: str) -> None:
+    """Check the GGUF's SHA-256 (once per file version: the result is cached by size and mtime)."""
+    stat = path.stat()
+    stamp = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": expected_sha256}
+    cache = paths.cache_dir() / FM_VERIFIED_FILE
+    try:
+        if json.loads(cache.read_text()) == stamp:
+            return
+    except (OSError, ValueError):
+        pass
+    if sha256_file(path) != expected_sha256:
+        raise AssetError(
+            f"The foundation model {path} fails its checksum.",
+            hint="Run `agent prepare` (or scripts/setup) to rebuild it.",
+        )
+    atomic_write_bytes(cache, json.dumps(stamp).encode())
+
+
+class ServedModel:
+    """The process's foundation model and the adapters attached to it (thread-safe; loaded on first use)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fm: Any = None
+        self._builders: dict[str, Any] = {}
+        self._loaded: dict[str, str] = {}  # adapter name -> sha256 of the stored record now attached
+
+    def close(self) -> None:
+        """Free the native model (the next use loads it again)."""
+        with self._lock:
+            if self._fm is not None:
+                self._fm.close()
+            self._fm = None
+            self._loaded.clear()
+
+    def _model(self, max_candidates: int) -> Any:
+        from models.fm.assets import GGUF_SHA256, require_gguf
+        from models.fm.serving import FoundationModel
+
+        if self._fm is not None and self._fm.max_candidates >= max_candidates:
+            return self._fm
+        if self._fm is not None:
+            self._fm.close()
+            self._loaded.clear()
+        path = require_gguf()
+        verify_foundation_model(path, GGUF_SHA256)
+        log = paths.ensure_dir(paths.log_dir()) / "llama.log"
+        self._fm = FoundationModel(path, max_candidates=max(max_candidates, 20), native_log=log)
+        return self._fm
+
+    def _builder(self, profile: Profile) -> Any:
+        from models.fm.assets import torch_dir
+        from models.fm.prompts import PromptBuilder
+
+        name = profile.catalog.name
+        if name not in self._builders:
+            tokenizer = torch_dir() / "tokenizer.json"
+            if not tokenizer.is_file():
+                raise AssetError(f"The foundation model's tokenizer {tokenizer} is missing.", hint="Run scripts/setup.")
+            self._builders[name] = PromptBuilder(tokenizer, profile.catalog)
+        return self._builders[name]
+
+    def _attach(self, fm: Any, store: ProfileStore, name: str, wanted: bool) -> float:
+        """Make the attached adapter ``name`` match the store; its scale (0 when there is none to use)."""
+        record = store.adapter_record(name) if wanted else None
+        if record is None:
+            if name in self._loaded:
+                fm.set_scales(**{name: 0.0})
+            return 0.0
+        if self._loaded.get(name) != record.sha256:
+            if name == SHARED_LORA:
+                self._attach_shared(fm, store)
+            else:
+                with store.adapter_as_file(name) as path:
+                    assert path is not None
+                    fm.load_adapter(name, path)
+            self._loaded[name] = record.sha256
+        return 1.0
+
+    @staticmethod
+    def _attach_shared(fm: Any, store: ProfileStore) -> None:
+        import tempfile
+
+        from models.fm.lora import export_gguf
+
+        stored = store.load_shared_lora()
+        assert stored is not None
+        with tempfile.TemporaryDirectory(dir=store.folder, prefix=".serve-") as tmp:
+            path = Path(tmp) / "shared.gguf"
+            export_gguf(stored[0], path)
+            fm.load_adapter(SHARED_LORA, path)
+
+    def score(self, profile: Profile, history: IntArray, items: list[int], *, use_private: bool) -> np.ndarray:
+        """The language model's scores of ``items`` after ``history``, with the profile's adapters."""
+        with self._lock:
+            fm = self._model(len(items))
+            builder = self._builder(profile)
+            scales = {
+                SHARED_LORA: self._attach(fm, profile.store, SHARED_LORA, True),
+                PRIVATE_LORA: self._attach(fm, profile.store, PRIVATE_LORA, use_private),
+            }
+            fm.set_scales(**{name: scale for name, scale in scales.items() if name in self._loaded})
+            prefix = builder.prefix(history.tolist())
+            suffixes = [builder.suffix(i) for i in items]
+            return np.asarray(fm.score(prefix, suffixes, builder.answers), dtype=np.float64)
+
+
+SERVED = ServedModel()
+"""The process-wide foundation model (the CLI uses it once; the TUI keeps it loaded between suggestions)."""
+
+
+def _private_lora_usable(profile: Profile) -> bool:
+    record = profile.store.adapter_record(PRIVATE_LORA)
+    return record is not None and record.meta.get("catalog") == profile.catalog.name
+
+
+def skip_reason(profile: Profile, settings: RerankSettings, *, requested: bool = True) -> str | None:
+    """Why the first stage alone is used now, or None when the language model reranks."""
+    if not requested:
+        return "switched off for this command (--no-rerank)"
+    if not settings.enabled:
+        return "switched off in config.toml ([rerank] enabled = false)"
+    from models.fm.assets import gguf_path
+
+    if not gguf_path().is_file():
+        return "the foundation model is not prepared (run scripts/setup)"
+    if not _private_lora_usable(profile) and profile.store.adapter_record(SHARED_LORA) is None:
+        return "no trained LoRA yet: the private one needs 5 liked items and a training run (`agent train`)"
+    return None
+
+
+def _moved(old: int, new: int) -> str:
+    if new < old:
+        return f"the language model moved it up from #{old}"
+    if new > old:
+        return f"the language model moved it down from #{old}"
+    return f"the language model kept it at #{old}"
+
+
+def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSettings) -> RerankOutcome:
+    """Rescore the first ``settings.k`` of the first stage's list ``first`` (best first) and blend; the top ``n``.
+
+    On a checksum or file problem, the first stage's list with the problem in ``error``.
+    """
+    from models.fm.blend import blend
+
+    started = time.perf_counter()
+    top = first[: settings.k]
+    if len(top) < 2:
+        return RerankOutcome(first[:n], False, "fewer than two candidates: nothing to reorder")
+    liked, _ = profile.feedback()
+    try:
+        fm_scores = SERVED.score(profile, liked, [s.item for s in top], use_private=_private_lora_usable(profile))
+    except (PersonaError, RuntimeError, OSError) as error:
+        problem = error if isinstance(error, PersonaError) else PersonaError(f"The language model failed: {error}")
+        return RerankOutcome(first[:n], False, "first stage only: " + problem.message, problem)
+    final = blend(np.array([s.score for s in top]), fm_scores, settings.weight)
+    order = np.argsort(-final, kind="stable")
+    reranked = [
+        replace(
+            top[j],
+            reason=f"{top[j].reason}; {_moved(int(j) + 1, new + 1)}",
+            first_stage_rank=int(j) + 1,
+            fm_score=float(fm_scores[j]),
+        )
+        for new, j in enumerate(order)
+    ]
+    seconds = time.perf_counter() - started
+    note = f"the language model rescored the top {len(top)} (weight {settings.weight:g})"
+    return RerankOutcome((reranked + first[settings.k :])[:n], True, note, seconds=seconds)
+
+
+def suggest(
+    profile: Profile,
+    n: int,
+    settings: RerankSettings,
+    *,
+    query: str | None = None,
+    exclude: IntArray | None = None,
+    requested: bool = True,
+) -> RerankOutcome:
+    """Two-stage suggestions: the first stage's list, reranked by the language model when :func:`skip_reason`
+    allows."""
+    reason = skip_reason(profile, settings, requested=requested)
+    if reason is not None:
+        return RerankOutcome(profile.suggest(n, query=query, exclude=exclude), False, "first stage only: " + reason)
+    first = profile.suggest(max(n, settings.k), query=query, exclude=exclude)
+    return rerank(profile, first, n, settings)

@@ -1,0 +1,1 @@
+"""The profile store: the SQLite database, adapter files, the egress ledger, encryption at rest."""

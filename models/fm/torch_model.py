@@ -1,0 +1,256 @@
+"""Torch side of the foundation model: the fp32 Gemma with shared and private LoRA, scoring and training.
+
+Runs only in the training worker and the evaluation harness (it imports torch and transformers). The loss uses
+only the " Yes"/" No" rows of the tied embedding matrix at the answer position, so a step never computes the
+262k-token softmax; lower layers carry no trainable parameters, so backward stops at the first adapted layer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from models.fm.assets import require_torch_copy
+from models.fm.lora import TARGETS, LoraWeights
+from models.fm.prompts import AnswerTokens
+
+
+class _LoraLinear(torch.nn.Module):
+    """A frozen linear layer plus any number of named low-rank updates, each with its own scale."""
+
+    def __init__(self, base: torch.nn.Linear) -> None:
+        super().__init__()
+        self.base = base
+        self.a = torch.nn.ParameterDict()
+        self.b = torch.nn.ParameterDict()
+        self.scales: dict[str, float] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        for name, scale in self.scales.items():
+            if scale != 0.0:
+                out = out + scale * ((x @ self.a[name].T) @ self.b[name].T)
+        return out  # type: ignore[no-any-return]
+
+
+@dataclass
+class Adapters:
+    """Which adapters are attached and with what user-facing scale (1.0 = as trained)."""
+
+    shared: LoraWeights | None = None
+    private: LoraWeights | None = None
+    shared_scale: float = 1.0
+    private_scale: float = 1.0
+
+
+@dataclass
+class TopCache:
+    """The input of layer ``first`` for a batch of prompts, and what every layer from there on needs to run.
+
+    Lower layers carry no adapter being trained, so their output is fixed: computing it once lets an adapter on
+    the top layers train for several epochs at the cost of those layers only (see :meth:`TorchFM.cache_top`).
+    """
+
+    first: int
+    hidden: torch.Tensor  # (n, length, d) input of layer ``first``
+    layer_kwargs: list[dict[str, object]]  # per layer from ``first``: mask, position embeddings, ...
+    last: torch.Tensor  # (n,) index of each prompt's last token
+
+
+class TorchFM:
+    """The dequantized base model with LoRA hooks on ``q_proj``/``v_proj`` of chosen layers."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        # its "Loading weights" bar would otherwise print on the terminal
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) - 1))
+        self.model = AutoModelForCausalLM.from_pretrained(str(require_torch_copy()), dtype=torch.float32)
+        self.model.eval()  # type: ignore[no-untyped-call]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.layers = self.model.model.layers
+        self.embed = self.model.model.embed_tokens.weight
+        self._wrapped: dict[str, _LoraLinear] = {}
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """(out, in) of each adaptable projection."""
+        attn = self.layers[0].self_attn
+        return {t: tuple(getattr(attn, t).weight.shape) for t in TARGETS}  # type: ignore[misc]
+
+    def _slot(self, key: str) -> _LoraLinear:
+        if key not in self._wrapped:
+            layer, target = key.split(".")
+            attn = self.layers[int(layer)].self_attn
+            wrapper = _LoraLinear(getattr(attn, target))
+            setattr(attn, target, wrapper)
+            self._wrapped[key] = wrapper
+        return self._wrapped[key]
+
+    def attach(self, name: str, weights: LoraWeights | None, scale: float = 1.0, *, trainable: bool = False) -> None:
+        """Attach (or replace, or with ``None`` detach) the adapter ``name``; its factors become torch parameters."""
+        for slot in self._wrapped.values():
+            slot.scales.pop(name, None)
+        if weights is None:
+            return
+        for key in weights.a:
+            slot = self._slot(key)
+            a = torch.nn.Parameter(torch.from_numpy(weights.a[key].copy()))
+            b = torch.nn.Parameter(torch.from_numpy(weights.b[key].copy()))
+            a.requires_grad_(trainable and not weights.spec.frozen_a)
+            b.requires_grad_(trainable)
+            slot.a[name] = a
+            slot.b[name] = b
+            slot.scales[name] = scale * weights.spec.alpha / weights.spec.rank
+
+    def read(self, name: str, like: LoraWeights) -> LoraWeights:
+        """The current numbers of an attached adapter."""
+        out = LoraWeights(spec=like.spec)
+        for key in like.a:
+            out.a[key] = self._wrapped[key].a[name].detach().numpy().copy()
+            out.b[key] = self._wrapped[key].b[name].detach().numpy().copy()
+        return out
+
+    def trainable(self, name: str) -> list[torch.nn.Parameter]:
+        """Parameters of adapter ``name`` that train."""
+        params = []
+        for slot in self._wrapped.values():
+            if name in slot.a:
+                params += [p for p in (slot.a[name], slot.b[name]) if p.requires_grad]
+        return params
+
+    @staticmethod
+    def _batch(prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(prompts)
+        length = max(len(p) for p in prompts)
+        ids = torch.zeros((n, length), dtype=torch.long)
+        mask = torch.zeros((n, length), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(p)
+            mask[i, : len(p)] = 1
+        return ids, mask
+
+    def cache_top(self, prompts: Sequence[Sequence[int]], first: int) -> TopCache:
+        """Run the whole model once without gradients and keep the input of layer ``first`` (plus the masks and
+        position embeddings each later layer receives), so :meth:`top_answer_logits` can rerun only the top."""
+        ids, mask = self._batch(prompts)
+        captured: dict[int, dict[str, object]] = {}
+        hidden: list[torch.Tensor] = []
+
+        def grab(index: int) -> object:
+            def hook(_module: torch.nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+                captured[index] = {k: v for k, v in kwargs.items() if k != "cache"}
+                if index == first:
+                    hidden.append(args[0] if args else kwargs["hidden_states"])  # type: ignore[arg-type]
+
+            return hook
+
+        handles = [
+            self.layers[i].register_forward_pre_hook(grab(i), with_kwargs=True)  # type: ignore[arg-type]
+            for i in range(first, len(self.layers))
+        ]
+        try:
+            with torch.no_grad():
+                self.model.model(input_ids=ids, attention_mask=mask, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        kwargs = [captured[i] for i in range(first, len(self.layers))]
+        return TopCache(first, hidden[0].detach(), kwargs, mask.sum(1) - 1)
+
+    def top_answer_logits(self, cache: TopCache, answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) answer logits computed from a :class:`TopCache` through the top layers only."""
+        h = cache.hidden
+        for offset, layer in enumerate(self.layers[cache.first :]):
+            h = layer(h, **cache.layer_kwargs[offset])
+            if isinstance(h, tuple):
+                h = h[0]
+        h = self.model.model.norm(h)
+        return self._answer_head(h[torch.arange(h.shape[0]), cache.last], answers)
+
+    def train_cached(
+        self,
+        name: str,
+        caches: Sequence[TopCache],
+        labels: Sequence[Sequence[int]],
+        answers: AnswerTokens,
+        *,
+        lr: float,
+        epochs: int = 1,
+    ) -> float:
+        """Train adapter ``name`` (which must sit at or above each cache's first layer) on cached batches."""
+        opt = self._optimizer(name, lr)
+        losses = []
+        for _ in range(epochs):
+            for cache, batch_labels in zip(caches, labels, strict=True):
+                target = torch.tensor(list(batch_labels), dtype=torch.float32)
+                losses.append(self._step(opt, self.top_answer_logits(cache, answers), target))
+        return float(np.mean(losses)) if losses else 0.0
+
+    def answer_logits(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) logits of " Yes" and " No" at the end of each prompt (right-padded batch)."""
+        n = len(prompts)
+        ids, mask = self._batch(prompts)
+        hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return self._answer_head(hidden[torch.arange(n), mask.sum(1) - 1], answers)
+
+    def scores(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens, batch: int = 8) -> NDArray[np.float32]:
+        """logit(" Yes") − logit(" No") per prompt."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch):
+                logits = self.answer_logits(prompts[start : start + batch], answers)
+                out.append((logits[:, 0] - logits[:, 1]).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def train_pairs(
+        self,
+        name: str,
+        prompts: Sequence[Sequence[int]],
+        labels: Sequence[int],
+        answers: AnswerTokens,
+        *,
+        lr: float,
+        steps_batch: int = 8,
+        epochs: int = 1,
+        seed: int = 0,
+    ) -> float:
+        """Train adapter ``name`` on (prompt, label) pairs, label 1 = " Yes"; returns the mean loss."""
+        opt = self._optimizer(name, lr)
+        generator = torch.Generator().manual_seed(seed)
+        target = torch.tensor(labels, dtype=torch.float32)
+        losses = []
+        for _ in range(epochs):
+            order = torch.randperm(len(prompts), generator=generator).tolist()
+            for start in range(0, len(order), steps_batch):
+                idx = order[start : start + steps_batch]
+                losses.append(self._step(opt, self.answer_logits([prompts[i] for i in idx], answers), target[idx]))
+        return float(np.mean(losses)) if losses else 0.0
+
+    def _answer_head(self, last: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
+        """(n, 2) logits of the two answers from the final hidden state at each prompt's last token."""
+        return last @ self.embed[[answers.yes, answers.no]].T  # type: ignore[no-any-return]
+
+    def _optimizer(self, name: str, lr: float) -> torch.optim.Optimizer:
+        params = self.trainable(name)
+        if not params:
+            raise ValueError(f"adapter {name!r} has nothing trainable attached")
+        return torch.optim.Adam(params, lr=lr)
+
+    @staticmethod
+    def _step(opt: torch.optim.Optimizer, logits: torch.Tensor, target: torch.Tensor) -> float:
+        """One step on the binary cross-entropy of the Yes−No margin; the loss before the step."""
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0] - logits[:, 1], target)
+        opt.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        opt.step()
+        return float(loss.detach())

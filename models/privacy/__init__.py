@@ -1,0 +1,1 @@
+"""Privacy of the learning core: attribute-inference attackers and the leakage-aware objective."""

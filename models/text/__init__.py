@@ -1,0 +1,1 @@
+"""Item text: the MiniLM encoder (onnxruntime, torch-free) with its embedding cache, and its setup-time ONNX export."""

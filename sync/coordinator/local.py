@@ -1,0 +1,91 @@
+"""Running a coordinator on this machine: in a thread (tests) or as an ``agent-coordinator`` subprocess
+(simulation, benchmarks, tests of crash recovery). Both listen on 127.0.0.1 for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+from sync.coordinator.app import build_app
+from sync.coordinator.service import Coordinator
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once ``url``/healthz answers; RuntimeError after ``timeout`` or if ``process`` exits."""
+    give_up = time.monotonic() + timeout
+    while time.monotonic() < give_up:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the coordinator exited with code {process.returncode}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the coordinator at {url} did not become healthy within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def serve_in_thread(coordinator: Coordinator, *, port: int | None = None) -> Iterator[str]:
+    """Serve ``coordinator`` with uvicorn in a daemon thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(coordinator), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def coordinator_command(db: Path, port: int, args: Sequence[str] = ()) -> list[str]:
+    """The command line that runs ``agent-coordinator serve`` with this interpreter."""
+    code = "import sys; from sync.coordinator.cli import main; main(sys.argv[1:])"
+    return [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *args]
+
+
+@contextlib.contextmanager
+def coordinator_process(
+    db: Path, *, port: int | None = None, args: Sequence[str] = (), log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Run ``agent-coordinator serve`` as a subprocess; yields (base URL, process) and stops it afterwards."""
+    port = port or free_port()
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = log.open("ab") if log else subprocess.DEVNULL
+    process = subprocess.Popen(coordinator_command(db, port, args), env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process=process)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if log and not isinstance(out, int):
+            out.close()

@@ -1,0 +1,1 @@
+"""Federations simulated over the real protocol: the in-process aggregator of agent clients, and the audit."""

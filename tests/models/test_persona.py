@@ -1,0 +1,113 @@
+"""The whole system on a slice of real users: federated shared LoRA, private LoRAs, rerank, and its bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.paths import cache_dir
+from models.data.catalog import Dataset
+from models.text.encoder import ItemEncoder, embed_catalog
+from models.evaluation.protocols import COLDSTART_KS, FederatedConfig, evaluate_coldstart, metrics_for, train_federated
+from models.data.movielens import load_ml100k
+from models.experiments.persona import PersonaConfig, agent_pairs, candidates_for, evaluate_persona, evaluate_persona_coldstart
+from models.fm.blend import BLEND_WEIGHTS
+from models.data.split import Split, make_loo_split
+
+
+def test_agent_pairs_come_from_the_agents_own_training_items() -> None:
+    train = np.array([5, 9, 2, 7, 11, 3], dtype=np.int64)
+    scores = np.arange(20, dtype=np.float64)[::-1].copy()  # item 0 best, then 1, 2, ...
+
+    def score_all(_u: int, _h: np.ndarray) -> np.ndarray:
+        return scores
+
+    pairs = agent_pairs(0, train, score_all, 4, np.random.default_rng(0), pool=3)
+    positives = [(h, i) for h, i, y in pairs if y == 1]
+    negatives = [i for _, i, y in pairs if y == 0]
+    assert [i for _, i in positives] == [11, 3]  # the latest items, each after the history before it
+    assert positives[0][0] == [5, 9, 2, 7]
+    # negatives: the first stage's best items outside the training set (0, 1, 4 here), never a training item
+    assert set(negatives) <= {0, 1, 4}
+
+
+def test_full_protocol_candidates_exclude_training_and_valid_items() -> None:
+    dataset = load_ml100k()
+    split = make_loo_split(dataset, seed=0)
+    u = sorted(split.users)[0]
+    s = split.users[u]
+
+    def score_all(_u: int, _h: np.ndarray) -> np.ndarray:
+        return np.zeros(split.n_items)
+
+    c = candidates_for(split, u, "test", "full", score_all, 20)
+    assert c.items[0] == s.test
+    assert not set(c.items[1:].tolist()) & (set(s.train.tolist()) | {s.valid, s.test})
+    assert len(c.items) == split.n_items - len(set(s.train.tolist())) - 1
+    assert c.positive_first_rank == len(c.items) - 1  # all tied: ties count against the positive
+
+
+def first_users(n: int) -> tuple[Dataset, Split, np.ndarray]:
+    """ML-100K, its seed-0 split cut to the first ``n`` users, and the catalog's text vectors."""
+    dataset = load_ml100k()
+    full = make_loo_split(dataset, seed=0)
+    vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
+    return dataset, full.subset(sorted(full.users)[:n]), vectors
+
+
+@pytest.mark.usefixtures("warm_embedding_cache")
+def test_persona_on_a_slice_reports_every_stage() -> None:
+    dataset, split, vectors = first_users(4)
+    federated = FederatedConfig(rounds=1)
+    config = PersonaConfig(
+        rounds=1,
+        cohort=2,
+        pairs_per_agent=4,
+        private_pairs=4,
+        private_epochs=2,
+        rerank_k=5,
+        valid_users=2,
+        threads=1,
+        workers=2,  # the real process pool, as `agent eval` runs it
+    )
+    test, valid, selected = evaluate_persona(
+        split, vectors, dataset.catalog, federated=federated, config=config, private=True
+    )
+    assert set(test) == {"HR@10", "NDCG@10"} and set(valid) == {"HR@10", "NDCG@10"}
+    assert selected["blend_weight"] in BLEND_WEIGHTS
+    assert selected["shared_only"]["blend_weight"] in BLEND_WEIGHTS
+    assert selected["base_fm"]["blend_weight"] in BLEND_WEIGHTS
+    auc = selected["shared_only"]["fm_auc_in_top_k"]["test"]
+    assert auc is None or 0.0 <= auc <= 1.0
+    assert set(selected["base_fm"]["valid_NDCG@10_by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
+    assert selected["valid_users"] == 2 and selected["test_users"] == 4 and selected["workers"] == 2
+    # the shared adapter trained through one federated round of two agents, and the private ones trained
+    assert selected["fm_rounds"][0]["agents"] == 2
+    assert np.isfinite(selected["fm_rounds"][0]["train_loss"])
+    assert np.isfinite(selected["private_train_loss_mean"])
+    # weight 0 keeps the first stage's order: its metrics equal the first stage measured on its own
+    first = train_federated(split, vectors, config=federated)
+    assert selected["first_stage_metrics"] == metrics_for(first, split, "loo99", "test")
+    # reranking only reorders the top 5, so HR@10 cannot change
+    assert test["HR@10"] == selected["first_stage_metrics"]["HR@10"]
+
+
+@pytest.mark.usefixtures("warm_embedding_cache")
+def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
+    dataset, split, vectors = first_users(10)
+    federated = FederatedConfig(rounds=1)
+    config = PersonaConfig(
+        rounds=1, cohort=8, pairs_per_agent=4, private_pairs=4, private_epochs=1, rerank_k=5, threads=1, workers=1
+    )
+    test, _valid, selected = evaluate_persona_coldstart(
+        split, vectors, dataset.catalog, federated=federated, config=config
+    )
+    assert set(test) == {f"k={k}" for k in COLDSTART_KS}
+    assert selected["cold_users"] == 2 and selected["warm_users"] == 8
+    assert selected["fm_rounds"][0]["agents"] == 8  # the shared adapter saw the warm users only
+    # the first-stage row is exactly the first stage's own cold-start measurement
+    first, _, _ = evaluate_coldstart("federated", split, vectors, federated=federated)
+    assert selected["first_stage_metrics"] == first
+    for k in COLDSTART_KS:  # reranking the top 5 reorders within the top 10
+        assert test[f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
+        assert selected["blend_weight"][f"k={k}"] in BLEND_WEIGHTS
