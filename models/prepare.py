@@ -1,6 +1,8 @@
 """Prepare every asset once: ``python -m models.prepare`` (run by ``scripts/setup``).
 
-Calls :func:`models.assets.prepare_all` and shows one progress bar over its steps on stderr (only when stderr is
+:func:`prepare_all` runs each step in turn: MovieLens-100K from the RecBole wheel (:mod:`models.assets`), the
+MiniLM encoder exported to ONNX (:mod:`models.text.export`) and the foundation model's files
+(:mod:`models.fm.assets`). :func:`main` shows one progress bar over its steps on stderr (only when stderr is
 a terminal); each step's messages are printed above the bar. Steps that are already done say so and return at
 once, so running this again is fast. A :class:`~models.errors.PersonaError` (or an ``OSError`` such as an
 unwritable folder) ends the run with exit code 1 and its message and hint, without a traceback.
@@ -14,11 +16,22 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from models.assets import assets_dir, prepare_all
+from models.assets import assets_dir, prepare_ml100k
 from models.errors import PersonaError
+from models.fm.assets import prepare_gemma, prepare_gemma_torch
+from models.text.export import prepare_encoder
+from models.types import Status
 
 # Steps of ``prepare_all`` in order, named by the prefix of their progress messages ("ml-100k: ...").
 STEPS = ("ml-100k", "minilm", "gemma", "gemma-fp32")
+
+
+def prepare_all(progress: Status = lambda _msg: None) -> None:
+    """Prepare every asset the product needs; each step is skipped when already done."""
+    prepare_ml100k(progress)
+    prepare_encoder(progress)
+    prepare_gemma(progress)
+    prepare_gemma_torch(progress)
 
 
 class StepProgress:

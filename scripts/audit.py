@@ -5,9 +5,9 @@ protection settings, next to LOO-99 quality and ε (the logic is ``sync.simulati
     .venv/bin/python scripts/audit.py --json                  # all settings, the shipped sync defaults
     .venv/bin/python scripts/audit.py --rounds 10 --settings none,default
 
-Every ML-100K user is an agent; cohorts, C, σ and the weight cap are the shipped sync defaults (``agent.engine.sync``,
-overridable with their PERSONA_SYNC_* variables). Progress goes to stderr; ``--json`` prints
-``{"rows": [...], "quality": {...}, "epsilon": {...}}`` on stdout, else a table.
+Every ML-100K user is an agent; cohorts, C, σ and the weight cap are the agent's sync settings
+(``agent.settings.sync_settings``: the shipped defaults, overridable with their PERSONA_SYNC_* variables). Progress
+goes to stderr; ``--json`` prints ``{"rows": [...], "quality": {...}, "epsilon": {...}}`` on stdout, else a table.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent import paths
-from agent.engine.sync import SYNC_CLIP, SYNC_COHORT, SYNC_MAX_DROPOUT, SYNC_SIGMA, SYNC_WEIGHT_CAP
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import FederatedConfig
-from models.privacy.leakage import LeakageObjective
-from models.data.movielens import load_ml100k
+from agent.engine.catalogs import ml100k_with_vectors
+from agent.settings import sync_settings
 from models.data.split import make_loo_split
+from models.firststage.recipe import FederatedConfig
+from models.privacy.leakage import LeakageObjective
+from sync.protocol.privacy import PrivacyParams
 from sync.simulation.audit import SETTINGS, AuditConfig
 from sync.simulation.audit import run_audit as audit
-from sync.protocol.privacy import PrivacyParams
 
 # Every agent trains in every round at the shipped defaults; 40 rounds (the federated default; validation keeps the
 # best) take all five settings about 36 minutes on 2 busy cores. At 25 the protected runs are still improving.
@@ -52,13 +50,13 @@ def main() -> None:
     def progress(text: str) -> None:
         print(f"[{time.perf_counter() - started:7.1f}s] {text}", file=sys.stderr, flush=True)
 
-    dataset = load_ml100k()
-    vectors = embed_catalog(dataset.catalog, ItemEncoder(), paths.cache_dir() / "embeddings")
+    dataset, vectors = ml100k_with_vectors()
+    sync = sync_settings()
     split = make_loo_split(dataset, seed=0)
     config = AuditConfig(
-        privacy=PrivacyParams(clip=SYNC_CLIP, sigma=SYNC_SIGMA, weight_cap=SYNC_WEIGHT_CAP),
-        cohort=SYNC_COHORT,
-        max_dropout=SYNC_MAX_DROPOUT,
+        privacy=PrivacyParams(clip=sync.clip, sigma=sync.sigma, weight_cap=sync.weight_cap),
+        cohort=sync.cohort,
+        max_dropout=sync.max_dropout,
         federated=replace(FederatedConfig(), rounds=args.rounds),
         objective=LeakageObjective.from_env(weight=args.objective_weight),
     )

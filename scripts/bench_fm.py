@@ -4,7 +4,8 @@ peak RSS of the serving and training processes, adapter file sizes.
 
 Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N]
 
-Training uses the recipe of `agent eval --model persona` (models.experiments.persona.PersonaConfig).
+Training uses the recipe every agent runs and `agent eval --model persona` measures
+(models.fm.adapter_training.AdapterConfig).
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync.simulation.aggregator import SecureAggregator  # noqa: E402
 from sync.coordinator.local import coordinator_process  # noqa: E402
+from sync.simulation.aggregator import SecureAggregator  # noqa: E402
 
 ML100K_SHARED_SIZE = 384 * 32 + 1682 * 32 + 1682 + 50
 

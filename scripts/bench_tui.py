@@ -99,12 +99,13 @@ def _prepare_home(home: Path) -> dict[str, str]:
 
         env["PERSONA_ASSETS"] = str(assets_dir())
     seed = (
-        "from agent.store.database import ProfileStore\n"
+        "from agent.store.profile_store import ProfileStore\n"
         "with ProfileStore.open() as s:\n"
         f"    s.add_interactions([('ml-100k', i, 'like', 5.0, t, 'bench') for t, i in enumerate({LIKES!r})])\n"
     )
     subprocess.run([sys.executable, "-c", seed], env=env, check=True, cwd=ROOT)
-    subprocess.run([sys.executable, "-m", "agent.engine.worker", "train"], env=env, check=True, cwd=ROOT, capture_output=True)
+    worker = [sys.executable, "-m", "agent.engine.worker", "train"]
+    subprocess.run(worker, env=env, check=True, cwd=ROOT, capture_output=True)
     return env
 
 

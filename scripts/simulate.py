@@ -18,11 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.paths import cache_dir
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import FederatedConfig, train_federated
 from models.data.movielens import load_ml100k
-from models.firststage.scorer import SharedParams
 from models.data.split import make_loo_split
+from models.firststage.fit import train_federated
+from models.firststage.recipe import FederatedConfig
+from models.firststage.scorer import SharedParams
+from models.text.encoder import ItemEncoder, embed_catalog
 from sync.simulation.aggregator import SecureAggregator
 
 

@@ -1,3 +1,4 @@
-"""Federation, headless: wire protocol, secure aggregation, clipping + noise + privacy accounting, the agent-side
-sync client and the coordinator service. Depends on ``models`` only; never on ``agent`` or any UI library.
+"""Federation, headless: ``protocol/`` (wire format, Shamir, masking, secure aggregation, privacy and the round
+rules), ``client/`` (the agent's side), ``coordinator/`` (the service, its state and CLI) and ``simulation/``
+(federations run in one process). Depends on ``models`` only; never on ``agent`` or any UI library.
 """

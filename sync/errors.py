@@ -5,7 +5,8 @@ PersonaError (models.errors)
     ├── ProtocolError         a peer or the coordinator broke the protocol (bad signature, inconsistent sets, ...)
     ├── RoundAbandoned        the round fell below its threshold or missed a deadline; nothing was unmasked
     ├── CoordinatorError      the coordinator answered with an error (``status``, machine-readable ``reason``)
-    └── SyncTimeout           the agent waited longer than its timeout
+    ├── SyncTimeout           the agent waited longer than its timeout
+    └── BudgetSpent           the next participation would exceed the yearly privacy budget; nothing was sent
 """
 
 from __future__ import annotations
@@ -47,3 +48,9 @@ class SyncTimeout(SyncError):
     """The agent's timeout passed before the round finished."""
 
     title = "Sync timed out"
+
+
+class BudgetSpent(SyncError):
+    """One more participation would take ε this year over the agent's budget; the coordinator was not contacted."""
+
+    title = "Privacy budget spent"

@@ -55,8 +55,8 @@ def isolated_persona_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
 @pytest.fixture(scope="session")
 def _catalog_embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Embed the ML-100K catalog once per session with the real encoder; tests copy the cache file."""
-    from models.text.encoder import ItemEncoder, embed_catalog
     from models.data.movielens import load_ml100k
+    from models.text.encoder import ItemEncoder, embed_catalog
 
     folder = tmp_path_factory.mktemp("embedding-cache")
     embed_catalog(load_ml100k().catalog, ItemEncoder(), folder)

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.engine.profile import Profile, catalog_vectors
-from agent.store.database import ProfileStore
-from models.data.catalog_io import read_catalog, read_interactions
+from agent.engine.catalogs import catalog_vectors
+from agent.engine.profile import Profile
+from agent.store.profile_store import ProfileStore
+from models.data.catalog_io import RowProblem, read_catalog, read_interactions
 from models.errors import ImportFormatError
 
 _ITEM_COLUMNS = {"id", "itemid", "item"}
@@ -108,10 +110,6 @@ def _import_history(store: ProfileStore, path: Path, *, catalog: str | None, use
 
 
 def _import_letterboxd(store: ProfileStore, path: Path, *, catalog: str | None) -> dict[str, Any]:
-    from datetime import UTC, datetime
-
-    from models.data.catalog_io import RowProblem
-
     profile = Profile.load(store, catalog)
     problems: list[RowProblem] = []
     unmatched: list[str] = []

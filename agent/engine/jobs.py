@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from agent.errors import TrainingError
+from agent.settings import PASSPHRASE_ENV
 
 
 def run_training(
@@ -22,7 +23,7 @@ def run_training(
     """
     env = dict(os.environ)
     if passphrase is not None:
-        env["PERSONA_PASSPHRASE"] = passphrase
+        env[PASSPHRASE_ENV] = passphrase
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "agent.engine.worker", *args],

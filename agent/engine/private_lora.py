@@ -2,10 +2,11 @@
 
 Each run of the training worker replaces the private LoRA: the pairs are the person's liked items in time order
 (each recent one, after the items before it, against a negative drawn from the first stage's top candidates for the
-same history — :func:`models.experiments.persona.agent_pairs`, the pairs the evaluation trains on), trained with the current
-shared LoRA attached and frozen (:func:`models.experiments.persona.train_private_adapter`), exported to GGUF and stored through
-:class:`agent.store.database.ProfileStore` (new file, then the row switch). The shared LoRA is the synced one when the
-profile has one (:data:`agent.store.database.SHARED_LORA`), else the zero-initialised default (B = 0: it changes nothing).
+same history — :func:`models.fm.adapter_training.agent_pairs`, the pairs the evaluation trains on), trained with the
+current shared LoRA attached and frozen (:func:`models.fm.adapter_training.train_private_adapter`), exported to GGUF
+and stored through :class:`agent.store.profile_store.ProfileStore` (new file, then the row switch). The shared LoRA
+is the synced one when the profile has one (:data:`agent.store.records.SHARED_LORA`), else the zero-initialised
+default (B = 0: it changes nothing).
 
 When there is too little history (fewer than :data:`MIN_LIKED` liked items), the second stage is switched off or
 the foundation model's files are not prepared, no LoRA is trained and any stored one is removed: it was trained on
@@ -21,13 +22,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from agent.engine.profile import Profile
 from agent.settings import RerankSettings
-from agent.store.database import PRIVATE_LORA, ProfileStore
+from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_LORA
 from models.errors import AssetError
-from models.firststage.scorer import FloatArray, IntArray, PrivateParams
+from models.firststage.scorer import PrivateParams
+from models.fm.adapter_training import AdapterConfig, train_private_adapter
+from models.fm.assets import gguf_path, require_torch_copy, torch_dir
+from models.fm.lora import LoraWeights, default_shared_spec, export_gguf, verify_gguf
+from models.fm.prompts import PromptBuilder
+from models.types import FloatArray, IntArray
 
 MIN_LIKED = 5
 """Liked items needed before a private LoRA is trained (fewer give one or two pairs: noise, not taste)."""
@@ -39,8 +44,6 @@ def skip_reason(n_liked: int, rerank: RerankSettings) -> str | None:
         return "the language-model rerank is switched off ([rerank] enabled = false)"
     if n_liked < MIN_LIKED:
         return f"needs at least {MIN_LIKED} liked items (you have {n_liked})"
-    from models.fm.assets import gguf_path, require_torch_copy
-
     if not gguf_path().is_file():
         return "the foundation model is not prepared (run scripts/setup)"
     try:
@@ -59,17 +62,13 @@ def train_private_lora(
         removed = store.delete_adapter(PRIVATE_LORA)
         return {"trained": False, "skipped": reason, "removed_previous": removed}
 
-    from models.fm.assets import torch_dir
-    from models.fm.torch_model import TorchFM
-    from models.fm.lora import LoraWeights, default_shared_spec, export_gguf, verify_gguf
-    from models.experiments.persona import PersonaConfig, train_private_adapter
-    from models.fm.prompts import PromptBuilder
+    from models.fm.torch_model import TorchFM  # torch: loaded here, in the worker process, never in the app
 
     started = time.perf_counter()
     scorer = profile.scorer
 
     def score_all(_user: int, history: IntArray) -> FloatArray:
-        return np.asarray(scorer.item_vectors @ scorer.user_state(history, private) + scorer.item_bias)
+        return scorer.score_all(history, private)
 
     fm = TorchFM()
     synced = store.load_shared_lora()
@@ -81,7 +80,7 @@ def train_private_lora(
         shared_version = "zero default (B = 0, no sync yet)"
     fm.attach("shared", shared)
     builder = PromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
-    config = PersonaConfig()
+    config = AdapterConfig()
     weights, loss, n_pairs = train_private_adapter(0, liked, score_all, fm, builder, config)
     with tempfile.TemporaryDirectory(dir=store.folder, prefix=".lora-") as tmp:
         path = Path(tmp) / "private.gguf"

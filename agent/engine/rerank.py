@@ -7,7 +7,9 @@ record changes, so a retrain in the background shows in the next suggestions. Ea
 logit(" Yes") − logit(" No") after a prompt of the person's recent history, and the final order of the top ``k`` is
 ``z(first stage) + weight · z(language model)`` (:func:`models.fm.blend.blend`); the items below keep their order.
 
-The rerank runs only with a trained adapter: the base model alone ranks at noise level (README), so before the
+The rerank runs only when the blend weight in force is above 0 (:mod:`agent.engine.rerank_weight`: the person's
+``[rerank]`` setting, else the measured weight, which is 0 today: the language model adds nothing yet, README), and
+only with a trained adapter: the base model alone ranks at noise level (README), so before the
 first private LoRA (five liked items and a training run) or a synced shared LoRA, suggestions are the first
 stage's. A foundation model or adapter that fails its checksum is reported and the first stage's list is used.
 
@@ -17,6 +19,7 @@ Torch-free: the suggest path and the TUI import this module.
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -27,11 +30,19 @@ import numpy as np
 
 from agent import paths
 from agent.engine.profile import Profile, Suggestion
+from agent.engine.rerank_weight import weight_in_force
 from agent.settings import RerankSettings
-from agent.store.database import PRIVATE_LORA, SHARED_LORA, ProfileStore
+from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_LORA, SHARED_LORA
 from models.assets import atomic_write_bytes, sha256_file
 from models.errors import AssetError, PersonaError
-from models.firststage.scorer import IntArray
+from models.fm.assets import GGUF_SHA256, gguf_path, require_gguf, torch_dir
+from models.fm.blend import blend
+from models.fm.lora import export_gguf
+from models.fm.prompts import PromptBuilder
+from models.fm.scoring import score_items
+from models.fm.serving import FoundationModel
+from models.types import IntArray
 
 FM_VERIFIED_FILE = "foundation-model-verified.json"
 
@@ -53,7 +64,7 @@ class RerankOutcome:
         return {
             "applied": self.applied,
             "k": settings.k,
-            "weight": settings.weight,
+            **weight_in_force(settings).as_dict(),
             "note": self.note,
             "error": None if self.error is None else self.error.message,
             "seconds": round(self.seconds, 3),
@@ -96,9 +107,6 @@ class ServedModel:
             self._loaded.clear()
 
     def _model(self, max_candidates: int) -> Any:
-        from models.fm.assets import GGUF_SHA256, require_gguf
-        from models.fm.serving import FoundationModel
-
         if self._fm is not None and self._fm.max_candidates >= max_candidates:
             return self._fm
         if self._fm is not None:
@@ -111,9 +119,6 @@ class ServedModel:
         return self._fm
 
     def _builder(self, profile: Profile) -> Any:
-        from models.fm.assets import torch_dir
-        from models.fm.prompts import PromptBuilder
-
         name = profile.catalog.name
         if name not in self._builders:
             tokenizer = torch_dir() / "tokenizer.json"
@@ -141,10 +146,6 @@ class ServedModel:
 
     @staticmethod
     def _attach_shared(fm: Any, store: ProfileStore) -> None:
-        import tempfile
-
-        from models.fm.lora import export_gguf
-
         stored = store.load_shared_lora()
         assert stored is not None
         with tempfile.TemporaryDirectory(dir=store.folder, prefix=".serve-") as tmp:
@@ -162,9 +163,7 @@ class ServedModel:
                 PRIVATE_LORA: self._attach(fm, profile.store, PRIVATE_LORA, use_private),
             }
             fm.set_scales(**{name: scale for name, scale in scales.items() if name in self._loaded})
-            prefix = builder.prefix(history.tolist())
-            suffixes = [builder.suffix(i) for i in items]
-            return np.asarray(fm.score(prefix, suffixes, builder.answers), dtype=np.float64)
+            return np.asarray(score_items(fm, builder, history, items), dtype=np.float64)
 
 
 SERVED = ServedModel()
@@ -180,10 +179,9 @@ def skip_reason(profile: Profile, settings: RerankSettings, *, requested: bool =
     """Why the first stage alone is used now, or None when the language model reranks."""
     if not requested:
         return "switched off for this command (--no-rerank)"
-    if not settings.enabled:
-        return "switched off in config.toml ([rerank] enabled = false)"
-    from models.fm.assets import gguf_path
-
+    in_force = weight_in_force(settings)
+    if not in_force.on:
+        return in_force.why
     if not gguf_path().is_file():
         return "the foundation model is not prepared (run scripts/setup)"
     if not _private_lora_usable(profile) and profile.store.adapter_record(SHARED_LORA) is None:
@@ -204,8 +202,6 @@ def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSe
 
     On a checksum or file problem, the first stage's list with the problem in ``error``.
     """
-    from models.fm.blend import blend
-
     started = time.perf_counter()
     top = first[: settings.k]
     if len(top) < 2:
@@ -216,7 +212,8 @@ def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSe
     except (PersonaError, RuntimeError, OSError) as error:
         problem = error if isinstance(error, PersonaError) else PersonaError(f"The language model failed: {error}")
         return RerankOutcome(first[:n], False, "first stage only: " + problem.message, problem)
-    final = blend(np.array([s.score for s in top]), fm_scores, settings.weight)
+    in_force = weight_in_force(settings)
+    final = blend(np.array([s.score for s in top]), fm_scores, in_force.weight)
     order = np.argsort(-final, kind="stable")
     reranked = [
         replace(
@@ -228,7 +225,7 @@ def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSe
         for new, j in enumerate(order)
     ]
     seconds = time.perf_counter() - started
-    note = f"the language model rescored the top {len(top)} (weight {settings.weight:g})"
+    note = f"the language model rescored the top {len(top)} (weight {in_force.weight:g}, {in_force.source})"
     return RerankOutcome((reranked + first[settings.k :])[:n], True, note, seconds=seconds)
 
 

@@ -1,57 +1,49 @@
-"""Sync pieces of the ``agent`` CLI: ``agent sync``, the TUI's "sync now" (:func:`tui_sync`), and the
-``--via-sync`` aggregator of ``agent eval``.
+"""The sync service: one sync of the profile (``agent sync`` and the TUI's "sync now", :func:`tui_sync`), and the
+``--via-sync`` aggregator of ``agent eval`` and ``agent demo``.
 
-One sync (:func:`sync_profile`, shared by the CLI and the TUI): check the coordinator answers, register the
-profile's Ed25519 identity (a 0600 key file in the data folder), fetch and verify the published shared vector, train
-shared + private on the profile's own history in the worker process (torch stays out of this process), send only
-the shared delta through one secure-aggregation round, then apply the new shared vector (a new stored version) and
-the new private vector. The round is recorded in the store's egress ledger whatever happens after joining; on
+One sync (:func:`sync_profile`, shared by the CLI and the TUI): check the yearly privacy budget allows one more
+round (:mod:`agent.engine.budget`; if not, the skip is recorded and the coordinator is not contacted), check the
+coordinator answers, register the profile's Ed25519 identity (a 0600 key file in the data folder), fetch and verify
+the published shared vector, train shared + private on the profile's own history in the worker process (torch stays
+out of this process), send only the shared delta through one secure-aggregation round (rounds offering less noise
+than the budget was checked at are refused), then apply the new shared vector (a new stored version) and the new
+private vector. The round is recorded in the store's egress ledger whatever happens after joining; on
 any failure nothing is applied.
 
 ``agent eval --model federated --via-sync`` starts a coordinator on 127.0.0.1 (a subprocess, SQLite in a temporary
 folder) seeded with the same initial shared vector as the simulation, and trains through the real protocol:
-each round a cohort of ``SYNC_COHORT`` agents is sampled from those that trained; their deltas are clipped,
-weighted, noised, quantized, masked and summed by the coordinator.
+each round a cohort of agents (:attr:`agent.settings.SyncSettings.cohort`) is sampled from those that trained; their
+deltas are clipped, weighted, noised, quantized, masked and summed by the coordinator. The protocol settings are
+:func:`agent.settings.sync_settings`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import httpx
 import numpy as np
-import typer
 from numpy.typing import NDArray
 
-from agent.errors import ProfileError
+from agent.engine.budget import accepted_privacy, check_budget, privacy_budget
 from agent.engine.jobs import run_training
-from agent.store.ledger import StoreLedger
 from agent.engine.profile import Profile
-from agent.settings import load_settings
-from agent.store.database import ProfileStore
-from models.errors import PersonaError
-from models.firststage.scorer import PrivateParams, SharedParams
+from agent.errors import ProfileError
+from agent.settings import COORDINATOR_ENV, coordinator_url, passphrase_from_env, sync_settings
+from agent.store.egress import StoreLedger
+from agent.store.profile_store import ProfileStore
 from models.data.split import Split
-from sync.simulation.aggregator import SecureAggregator
-from sync.client.http_client import Identity, run_sync
+from models.firststage.scorer import PrivateParams, SharedParams
+from sync.client.identity import Identity
+from sync.client.run import run_sync
 from sync.errors import SyncError
-from sync.protocol import rules
 from sync.protocol.privacy import DEFAULT_DELTA
+from sync.simulation.aggregator import SecureAggregator
 
-# Defaults measured on ML-100K (README, "Privacy"): every agent in every round (a cohort of up to 1,000 — all 943
-# ML-100K users), C 0.5, σ 0.4, weights capped at 32 examples, noise calibrated for at most 10% dropouts.
-SYNC_COHORT = int(os.environ.get("PERSONA_SYNC_COHORT", str(rules.SYNC_COHORT)))
-SYNC_CLIP = float(os.environ.get("PERSONA_SYNC_CLIP", str(rules.SYNC_CLIP)))
-SYNC_SIGMA = float(os.environ.get("PERSONA_SYNC_SIGMA", str(rules.SYNC_SIGMA)))
-SYNC_WEIGHT_CAP = float(os.environ.get("PERSONA_SYNC_WEIGHT_CAP", str(rules.SYNC_WEIGHT_CAP)))
-SYNC_MAX_DROPOUT = float(os.environ.get("PERSONA_SYNC_MAX_DROPOUT", str(rules.SYNC_MAX_DROPOUT)))
-
-COORDINATOR_ENV = "PERSONA_COORDINATOR_URL"
 IDENTITY_FILE = "sync_identity.key"
 DEFAULT_TIMEOUT = 300.0
 
@@ -70,13 +62,8 @@ _STAGES = {
 }
 
 
-def coordinator_url() -> str | None:
-    """The configured coordinator: PERSONA_COORDINATOR_URL, else ``coordinator_url`` in config.toml, else None."""
-    url = os.environ.get(COORDINATOR_ENV) or load_settings().coordinator_url
-    return url.strip().rstrip("/") or None
-
-
-def _no_coordinator() -> ProfileError:
+def no_coordinator_error() -> ProfileError:
+    """The error to show when no coordinator is configured (it says the three ways to configure one)."""
     return ProfileError(
         "No coordinator is configured.",
         hint=f'Pass --coordinator URL, set {COORDINATOR_ENV}, or put coordinator_url = "http://..." in config.toml.',
@@ -115,7 +102,8 @@ def sync_profile(
     report = progress or (lambda _fraction, _text: None)
     url = (url or coordinator_url() or "").rstrip("/")
     if not url:
-        raise _no_coordinator()
+        raise no_coordinator_error()
+    check_budget(store)
     report(0.0, f"contacting {url}")
     _check_reachable(url)
     profile = Profile.load(store)
@@ -152,7 +140,15 @@ def sync_profile(
                     text = text.format(**info)
                 report(fraction, text)
 
-        outcome = run_sync(url, identity, compute_delta, StoreLedger(store), timeout=timeout, progress=on_stage)
+        outcome = run_sync(
+            url,
+            identity,
+            compute_delta,
+            StoreLedger(store),
+            min_sigma=accepted_privacy().sigma,
+            timeout=timeout,
+            progress=on_stage,
+        )
     new_shared = template.with_vector(outcome.shared.vector)
     published = outcome.shared.version != trained.get("fetched_version")  # the noised total weight can be ≤ 0
     stored = store.load_shared()
@@ -187,6 +183,7 @@ def sync_profile(
         "cohort": entry.cohort_size,
         "epsilon": entry.epsilon,
         "delta": entry.delta,
+        "privacy_budget": privacy_budget(store).as_dict(),
         "n_examples": int(trained.get("n_examples", 0)),
         "published": published,
         "coordinator": url,
@@ -199,33 +196,36 @@ def tui_sync(store: ProfileStore, progress: ProgressFn, *, passphrase: str | Non
     ``passphrase`` unlocks an encrypted profile for the training worker (default: PERSONA_PASSPHRASE).
     """
     if store.encrypted and passphrase is None:
-        passphrase = os.environ.get("PERSONA_PASSPHRASE")
+        passphrase = passphrase_from_env()
     return sync_profile(store, progress=progress, passphrase=passphrase)
 
 
 @contextlib.contextmanager
 def sync_aggregator(
-    enabled: bool, split: Split, seed: int, server_lr: float, *, cohort: int = SYNC_COHORT
+    enabled: bool, split: Split, seed: int, server_lr: float, *, cohort: int | None = None
 ) -> Iterator[SecureAggregator | None]:
-    """A SecureAggregator bound to a fresh local coordinator when ``enabled`` (``cohort`` agents a round), else None."""
+    """A SecureAggregator bound to a fresh local coordinator when ``enabled`` (``cohort`` agents a round, default
+    the sync settings' cohort), else None."""
     if not enabled:
         yield None
         return
-    cohort = min(cohort, len(split.users))  # a round closes its advertise stage once the whole cohort is in
+    settings = sync_settings()
+    # a round closes its advertise stage once the whole cohort is in
+    cohort = min(settings.cohort if cohort is None else cohort, len(split.users))
     initial = SharedParams.init(split.n_items, seed=seed).to_vector()
     args = (
         "--clip",
-        str(SYNC_CLIP),
+        str(settings.clip),
         "--sigma",
-        str(SYNC_SIGMA),
+        str(settings.sigma),
         "--weight-cap",
-        str(SYNC_WEIGHT_CAP),
+        str(settings.weight_cap),
         "--server-lr",
         str(server_lr),
         "--min-cohort",
         str(min(10, cohort)),
         "--max-dropout",
-        str(SYNC_MAX_DROPOUT),
+        str(settings.max_dropout),
         # one process simulates every agent: generous stage deadlines so a busy laptop does not drop them
         "--share-keys-s",
         "300",
@@ -242,12 +242,13 @@ def sync_summary(aggregator: SecureAggregator) -> dict[str, Any]:
     """What the protocol did over the run: settings, ε, bytes and time per round."""
     stats = aggregator.stats
     n = max(1, len(stats))
+    settings = sync_settings()
     return {
-        "cohort": aggregator.cohort_size or SYNC_COHORT,
-        "clip": SYNC_CLIP,
-        "sigma": SYNC_SIGMA,
-        "weight_cap": SYNC_WEIGHT_CAP,
-        "max_dropout": SYNC_MAX_DROPOUT,
+        "cohort": aggregator.cohort_size or settings.cohort,
+        "clip": settings.clip,
+        "sigma": settings.sigma,
+        "weight_cap": settings.weight_cap,
+        "max_dropout": settings.max_dropout,
         "noise_multiplier": aggregator.noise_multiplier,
         "rounds_done": sum(s.status == "done" for s in stats),
         "rounds_abandoned": sum(s.status != "done" for s in stats),
@@ -258,41 +259,3 @@ def sync_summary(aggregator: SecureAggregator) -> dict[str, Any]:
         "bytes_down_per_agent_round": round(sum(s.bytes_down_per_agent for s in stats) / n),
         "protocol_wall_s_per_round": round(sum(s.wall_s for s in stats) / n, 2),
     }
-
-
-def sync_command(
-    coordinator: Annotated[
-        str | None, typer.Option("--coordinator", help=f"Coordinator URL (default: {COORDINATOR_ENV} or the config).")
-    ] = None,
-    timeout: Annotated[float, typer.Option(help="Wait at most this many seconds for the round.", min=1.0)] = (
-        DEFAULT_TIMEOUT
-    ),
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Take part in one federation round: train locally, send only the clipped, noised, masked shared delta."""
-    from agent.cli import main as cli
-
-    url = coordinator or coordinator_url()
-    if not url:
-        cli._fail(_no_coordinator())
-    with cli._open_store() as store:
-        passphrase = os.environ.get(cli.PASSPHRASE_ENV) if store.encrypted else None
-        try:
-            with cli._progress() as bar:
-                task = bar.add_task("sync", total=100, status="")
-
-                def on_progress(fraction: float, text: str) -> None:
-                    bar.update(task, completed=round(100 * fraction), status=text)
-
-                summary = sync_profile(store, url, timeout=timeout, progress=on_progress, passphrase=passphrase)
-        except PersonaError as error:
-            cli._fail(error)
-    if as_json:
-        cli._emit_json(summary)
-        return
-    cli.err.print(f"synced with {summary['coordinator']}")
-    cli.out.print(
-        f"round {summary['round']}: shared adapter v{summary['version']} applied · "
-        f"{summary['bytes_up']:,} bytes up · {summary['bytes_down']:,} bytes down · "
-        f"C={summary['C']:g} σ={summary['sigma']:g} · cohort {summary['cohort']} · ε so far {summary['epsilon']:.3g}"
-    )

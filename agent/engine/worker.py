@@ -12,8 +12,10 @@ on the person's own feedback only, so a forgotten item leaves no trace in it:
 
 Then the foundation model's private LoRA is retrained on the same feedback (:mod:`agent.engine.private_lora`; skipped,
 and any stale one removed, with fewer than five liked items). Both are written through
-:class:`agent.store.database.ProfileStore` (new file, then the row switch), so a crash leaves the previous adapter.
+:class:`agent.store.profile_store.ProfileStore` (new file, then the row switch), so a crash leaves the previous adapter.
 The result is one JSON object on stdout; errors go to stderr with exit code 1.
+
+This module is the app's torch boundary: it imports torch at the top and is only ever run as that subprocess.
 """
 
 from __future__ import annotations
@@ -28,14 +30,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
-from agent.errors import ProfileError
+from agent.engine.private_lora import train_private_lora
 from agent.engine.profile import Profile
-from agent.store.database import PRIVATE_FIRST_STAGE, ProfileStore
+from agent.errors import ProfileError
+from agent.settings import load_settings, passphrase_from_env
+from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_FIRST_STAGE
 from models.assets import atomic_write_bytes
 from models.errors import PersonaError
-from models.firststage.scorer import FirstStageScorer, IntArray, PrivateParams
+from models.firststage.recipe import FederatedConfig
+from models.firststage.scorer import FirstStageScorer, PrivateParams
+from models.firststage.training import local_train
+from models.types import IntArray
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,6 @@ def train_private(
     scorer: FirstStageScorer, liked: IntArray, disliked: IntArray, config: PrivateTrainConfig = PrivateTrainConfig()
 ) -> tuple[PrivateParams, int, float]:
     """θ_u trained from zero on this feedback with θ_g frozen: (params, number of examples, final loss)."""
-    import torch
-
     torch.set_num_threads(1)
     n_items, dim = scorer.item_vectors.shape
     zero = PrivateParams.init(dim)
@@ -71,7 +78,8 @@ def train_private(
     in_liked = torch.zeros(n_items, dtype=torch.bool)
     in_liked[targets] = True
     user = torch.zeros(dim, requires_grad=True)
-    # Adam by hand: torch.optim's first use imports torch._dynamo, seconds of start-up for one small vector.
+    # Adam by hand: constructing a torch.optim optimizer imports torch._dynamo, measured at 1.9-3.3 s here (2 busy
+    # cores) for one 32-wide vector; the LoRA and sync trainings pay it anyway, a retrain with few likes need not.
     moment1, moment2 = torch.zeros(dim), torch.zeros(dim)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     generator = torch.Generator().manual_seed(config.seed)
@@ -107,9 +115,6 @@ def train_private(
 
 def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrainConfig()) -> dict[str, Any]:
     """Retrain and store this profile's private adapter (first-stage vector, then LoRA); returns what the run did."""
-    from agent.engine.private_lora import train_private_lora
-    from agent.settings import load_settings
-
     started = time.perf_counter()
     profile = Profile.load(store)
     liked, disliked = profile.feedback()
@@ -142,16 +147,12 @@ def _atomic_save(path: Path, array: NDArray[np.float32]) -> None:
 def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dict[str, float | int]:
     """Train shared + private on this profile's liked items, starting from the coordinator's shared vector.
 
-    Reads the shared vector (``.npy``) the sync client fetched and verified, runs :func:`models.firststage.training.local_train`
-    on the person's liked items in time order (the federation's objective), and writes the new shared *delta*
-    (:data:`SYNC_DELTA_FILE`) and the new private vector (:data:`SYNC_PRIVATE_FILE`) to ``out_dir``, each
-    atomically. The store is not changed: the caller applies the private vector once the round succeeded.
+    Reads the shared vector (``.npy``) the sync client fetched and verified, runs
+    :func:`models.firststage.training.local_train` on the person's liked items in time order (the federation's
+    objective), and writes the new shared *delta* (:data:`SYNC_DELTA_FILE`) and the new private vector
+    (:data:`SYNC_PRIVATE_FILE`) to ``out_dir``, each atomically. The store is not changed: the caller applies the
+    private vector once the round succeeded.
     """
-    import torch
-
-    from models.evaluation.protocols import FederatedConfig
-    from models.firststage.training import local_train
-
     started = time.perf_counter()
     profile = Profile.load(store)
     vector = np.load(shared_path, allow_pickle=False).astype(np.float32).ravel()
@@ -196,9 +197,10 @@ def main(argv: list[str]) -> int:
         return 2
     os.nice(10)  # background work: the UI that started it keeps the CPU when both want it
     try:
-        if ProfileStore.is_encrypted_at() and not os.environ.get("PERSONA_PASSPHRASE"):
+        passphrase = passphrase_from_env()
+        if ProfileStore.is_encrypted_at() and not passphrase:
             raise ProfileError("The training worker needs PERSONA_PASSPHRASE for an encrypted profile.")
-        with ProfileStore.open(passphrase=os.environ.get("PERSONA_PASSPHRASE")) as store:
+        with ProfileStore.open(passphrase=passphrase) as store:
             result = train_profile(store) if argv == ["train"] else train_for_sync(store, Path(argv[1]), Path(argv[2]))
     except PersonaError as error:
         print(f"{error.title}: {error}", file=sys.stderr)

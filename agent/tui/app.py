@@ -1,8 +1,10 @@
-"""The Persona TUI (Textual): Suggestions, Why, Profile, Sync and Onboarding screens.
+"""The Persona TUI app (Textual): it owns the store and the profile, and wires the screens to the engine.
 
-The app owns the profile store and the loaded :class:`agent.engine.profile.Profile`. Everything slow runs in thread
-workers (loading the catalog and vectors, embedding a query, training, sync); training itself runs in a separate
-process (:mod:`agent.engine.worker`), so torch is never imported here. Errors show as notifications or a modal.
+The app loads the profile store and the :class:`agent.engine.profile.Profile`, hands the profile to each screen it
+shows, and acts on the :mod:`agent.tui.messages` screens post (feedback recorded, reset, sync now, an error).
+Everything slow runs in thread workers (loading the catalog and vectors, embedding a query, training, sync); training
+itself runs in a separate process (:mod:`agent.engine.worker`), so torch is never imported here. Errors show as
+notifications or a modal. "Sync now" goes through the ``sync`` seam of the constructor (the engine's by default).
 
 Every binding has an id; ``[keys]`` in ``config.toml`` remaps them (see :mod:`agent.settings`). The command
 palette (Ctrl+P) mirrors the CLI verbs.
@@ -10,38 +12,56 @@ palette (Ctrl+P) mirrors the CLI verbs.
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from textual import work
+from textual import on, work
 from textual.app import App
 from textual.binding import Binding, BindingType
 from textual.command import Hit, Hits, Provider
 from textual.widgets import ProgressBar
 
-from agent.errors import WrongPassphraseError
+from agent.engine.jobs import run_training
 from agent.engine.profile import Profile
-from agent.settings import Settings
-from agent.store.database import ProfileStore, reset_profile
-from agent.tui.screens import (
-    ConfirmScreen,
-    ErrorScreen,
-    LoadingScreen,
-    OnboardingScreen,
-    PassphraseScreen,
-    ProfileScreen,
-    SuggestionsScreen,
-    SyncScreen,
+from agent.errors import WrongPassphraseError
+from agent.settings import Settings, coordinator_url
+from agent.store.files import reset_profile
+from agent.store.profile_store import ProfileStore
+from agent.tui.messages import (
+    ErrorRaised,
+    FeedbackRecorded,
+    OnboardingDone,
+    ResetRequested,
+    SyncRequested,
 )
+from agent.tui.screens.loading import LoadingScreen
+from agent.tui.screens.modals import ConfirmScreen, ErrorScreen, PassphraseScreen
+from agent.tui.screens.onboarding import OnboardingScreen
+from agent.tui.screens.profile import ProfileScreen
+from agent.tui.screens.suggestions import SuggestionsScreen
+from agent.tui.screens.sync import SyncScreen
 from models.errors import PersonaError
 
-SYNC_HOOK_MODULE = "agent.engine.sync"
-SYNC_HOOK_NAME = "tui_sync"
-"""The sync seam: ``agent.engine.sync.tui_sync(store, progress) -> dict`` runs one round (``progress(fraction, text)``)."""
+if TYPE_CHECKING:
+    from agent.engine.sync import ProgressFn
+
+
+class SyncHook(Protocol):
+    """The sync seam: runs one round for ``store``, reporting ``progress(fraction, text)``; returns its summary."""
+
+    def __call__(
+        self, store: ProfileStore, progress: ProgressFn, *, passphrase: str | None = None
+    ) -> dict[str, Any]: ...
+
+
+def engine_sync(store: ProfileStore, progress: ProgressFn, *, passphrase: str | None = None) -> dict[str, Any]:
+    """The engine's "sync now" (:func:`agent.engine.sync.tui_sync`): one round with the configured coordinator."""
+    from agent.engine.sync import tui_sync  # reason: the sync client loads dp_accounting and scipy (seconds)
+
+    return tui_sync(store, progress, passphrase=passphrase)
 
 
 class PersonaCommands(Provider):
@@ -97,10 +117,20 @@ class PersonaApp(App[None]):
         Binding("q", "quit", "Quit", id="app.quit"),
     ]
 
-    def __init__(self, *, settings: Settings | None = None, passphrase: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        settings: Settings | None = None,
+        passphrase: str | None = None,
+        sync: SyncHook | None = engine_sync,
+        coordinator: Callable[[], str | None] = coordinator_url,
+    ) -> None:
+        """``sync`` runs "sync now" (None: this build has no sync client); ``coordinator()`` is the configured URL."""
         super().__init__()
         self.settings = settings or Settings()
         self.passphrase = passphrase
+        self.sync_hook = sync
+        self.coordinator = coordinator
         self.store: ProfileStore | None = None
         self.profile: Profile | None = None
         self.first_paint: float | None = None
@@ -140,40 +170,39 @@ class PersonaApp(App[None]):
         self.store, self.profile = store, profile
         liked, _ = profile.feedback()
         if len(liked):
-            self.switch_screen(SuggestionsScreen())
+            self.switch_screen(SuggestionsScreen(profile, self.settings, report_painted=self.suggestions_painted))
         else:
-            self.switch_screen(OnboardingScreen())
+            self.switch_screen(OnboardingScreen(profile))
 
     def on_unmount(self) -> None:
         if self.store is not None:
             self.store.close()
 
     # -- navigation ------------------------------------------------------------------------------------------
-    def _profile_loaded(self) -> bool:
+    def _loaded_profile(self) -> Profile | None:
         if self.profile is None:
             self.notify("Still loading…", severity="warning")
-            return False
-        return True
+        return self.profile
 
     def show_suggestions(self) -> None:
         """Go to the Suggestions screen."""
-        if self._profile_loaded():
-            self.switch_screen(SuggestionsScreen())
+        if profile := self._loaded_profile():
+            self.switch_screen(SuggestionsScreen(profile, self.settings, report_painted=self.suggestions_painted))
 
     def show_profile(self) -> None:
         """Go to the Profile screen."""
-        if self._profile_loaded():
-            self.switch_screen(ProfileScreen())
+        if profile := self._loaded_profile():
+            self.switch_screen(ProfileScreen(profile))
 
     def show_sync(self) -> None:
         """Go to the Sync screen."""
-        if self._profile_loaded():
-            self.switch_screen(SyncScreen())
+        if profile := self._loaded_profile():
+            self.switch_screen(SyncScreen(profile, self.sync_client_state))
 
     def show_onboarding(self) -> None:
         """Go to the Onboarding (search and like) screen."""
-        if self._profile_loaded():
-            self.switch_screen(OnboardingScreen())
+        if profile := self._loaded_profile():
+            self.switch_screen(OnboardingScreen(profile))
 
     def action_suggestions(self) -> None:
         """Binding: Suggestions screen."""
@@ -191,18 +220,13 @@ class PersonaApp(App[None]):
         """Binding: Onboarding screen."""
         self.show_onboarding()
 
-    # -- feedback and training -------------------------------------------------------------------------------
-    def rate(self, item: int, kind: str, *, source: str = "tui", train: bool | None = None) -> None:
-        """Record like/dislike on catalog item ``item``; retrain in the background when the settings say so."""
-        assert self.profile is not None
-        catalog = self.profile.catalog
-        rating = 5.0 if kind == "like" else 1.0
-        self.profile.store.add_interaction(
-            catalog.name, catalog.item_ids[item], kind=kind, rating=rating, source=source
-        )
-        if self.settings.retrain_after_feedback if train is None else train:
+    @on(OnboardingDone)
+    def _onboarding_done(self) -> None:
+        if self.settings.retrain_after_feedback:
             self.start_training()
+        self.show_suggestions()
 
+    # -- feedback and training -------------------------------------------------------------------------------
     def rate_selected(self, kind: str) -> None:
         """Like or dislike the suggestion under the cursor (from the command palette)."""
         screen = self.screen
@@ -211,12 +235,10 @@ class PersonaApp(App[None]):
         else:
             self.notify("Open the Suggestions screen and select an item first.", severity="warning")
 
-    def forget(self, item_id: str) -> None:
-        """Drop every interaction with ``item_id`` and retrain."""
-        assert self.profile is not None
-        removed = self.profile.store.forget(self.profile.catalog.name, item_id)
-        self.notify(f"Forgot {removed} interaction(s); retraining the private adapter", timeout=3)
-        self.start_training()
+    @on(FeedbackRecorded)
+    def _feedback_recorded(self, message: FeedbackRecorded) -> None:
+        if message.always_retrain or self.settings.retrain_after_feedback:
+            self.start_training()
 
     def start_training(self) -> None:
         """Retrain the private adapter in a worker process (the UI stays responsive)."""
@@ -224,8 +246,6 @@ class PersonaApp(App[None]):
 
     @work(thread=True, exclusive=True, group="train", exit_on_error=False)
     def _train(self) -> None:
-        from agent.engine.jobs import run_training
-
         self.training = True
         try:
             result = run_training(passphrase=self.passphrase if self.store and self.store.encrypted else None)
@@ -253,6 +273,10 @@ class PersonaApp(App[None]):
         self.painted.set()
 
     # -- reset -----------------------------------------------------------------------------------------------
+    @on(ResetRequested)
+    def _reset_requested(self) -> None:
+        self.ask_reset()
+
     def ask_reset(self) -> None:
         """Ask for confirmation, then delete the whole profile and start onboarding again."""
         if self.store is None:
@@ -278,17 +302,9 @@ class PersonaApp(App[None]):
         self._load()
 
     # -- sync ------------------------------------------------------------------------------------------------
-    def _sync_hook(self) -> Callable[..., dict[str, Any]] | None:
-        try:
-            module = importlib.import_module(SYNC_HOOK_MODULE)
-        except ImportError:
-            return None
-        hook = getattr(module, SYNC_HOOK_NAME, None)
-        return hook if callable(hook) else None
-
     def sync_client_state(self) -> str:
         """One line on whether "sync now" can run."""
-        if self._sync_hook() is None:
+        if self.sync_hook is None:
             return "Coordinator not configured: this build has no sync client hooked into the app yet."
         url = self._coordinator_url()
         if url is None:
@@ -297,15 +313,13 @@ class PersonaApp(App[None]):
 
     def _coordinator_url(self) -> str | None:
         try:
-            module = importlib.import_module(SYNC_HOOK_MODULE)
-            found = getattr(module, "coordinator_url", lambda: "")()
-        except (ImportError, PersonaError):
+            return self.coordinator()
+        except PersonaError:
             return None
-        return str(found) if found else None
 
-    def sync_now(self, bar: ProgressBar) -> None:
-        """Run one sync round in a worker, updating ``bar``; without a sync client, say so."""
-        if self._sync_hook() is None:
+    @on(SyncRequested)
+    def _sync_requested(self, message: SyncRequested) -> None:
+        if self.sync_hook is None:
             self.notify("Coordinator not configured: sync is not available in this build.", severity="warning")
             return
         if self._coordinator_url() is None:
@@ -314,12 +328,11 @@ class PersonaApp(App[None]):
                 severity="warning",
             )
             return
-        self._sync(bar)
+        self._sync(self.sync_hook, message.bar)
 
     @work(thread=True, exclusive=True, group="sync", exit_on_error=False)
-    def _sync(self, bar: ProgressBar) -> None:
-        hook = self._sync_hook()
-        assert hook is not None and self.store is not None
+    def _sync(self, hook: SyncHook, bar: ProgressBar) -> None:
+        assert self.store is not None
 
         def progress(fraction: float, _text: str) -> None:
             self.call_from_thread(bar.update, progress=100.0 * fraction)
@@ -335,6 +348,10 @@ class PersonaApp(App[None]):
             self.call_from_thread(screen.reload)
 
     # -- errors ----------------------------------------------------------------------------------------------
+    @on(ErrorRaised)
+    def _error_raised(self, message: ErrorRaised) -> None:
+        self.report(message.error)
+
     def report(self, error: BaseException) -> None:
         """Show an error: a known one as a modal with its hint, anything else as a notification (no traceback)."""
         if isinstance(error, PersonaError):

@@ -1,1 +1,4 @@
-"""End-to-end experiments: the whole-system evaluation and the benchmarks behind scripts/bench_*.py."""
+"""End-to-end experiments: the ``agent eval`` harness (``evaluate``), the whole-system evaluation and the
+benchmarks behind scripts/bench_*.py. They may import every other part of ``models``; nothing imports them
+except the CLI and scripts.
+"""

@@ -1,7 +1,8 @@
 """Measurements behind ``scripts/bench_fm.py``: rerank latency (idle and beside a busy process), adapter training
 time, peak memory of the serving and of the training process, adapter file sizes.
 
-Each part runs in its own process (``python -m models.experiments.bench_fm serve|train``) so that its peak RSS is its own.
+Each part runs in its own process (``python -m models.experiments.bench_fm serve|train``) so that its peak RSS is
+its own.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from typing import Any
 
 import numpy as np
 
+from models.data.movielens import load_ml100k
+from models.data.split import make_loo_split
+from models.fm.adapter_training import AdapterConfig, agent_pairs, pair_prompts, train_private_adapter
+from models.fm.assets import gguf_path, torch_dir
+from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
+from models.fm.prompts import PromptBuilder
+from models.fm.scoring import score_items
+from models.fm.serving import FoundationModel
+from models.types import FloatArray, IntArray
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -26,12 +37,6 @@ def _peak_rss_mb() -> float:
 
 def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
     """Rerank 20 and 50 candidates for ``users`` users with the llama.cpp runtime (this process never loads torch)."""
-    from models.fm.assets import gguf_path, torch_dir
-    from models.fm.serving import FoundationModel
-    from models.data.movielens import load_ml100k
-    from models.fm.prompts import PromptBuilder
-    from models.data.split import make_loo_split
-
     dataset = load_ml100k()
     split = make_loo_split(dataset)
     builder = PromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
@@ -44,7 +49,7 @@ def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
             s = split.users[u]
             candidates = [s.test, *s.test_negs[: k - 1].tolist()]
             t = time.perf_counter()
-            model.score(builder.prefix(s.train.tolist()), [builder.suffix(int(c)) for c in candidates], builder.answers)
+            score_items(model, builder, s.train, candidates)
             times.append(time.perf_counter() - t)
         out[f"rerank{k}_p50_s"] = float(np.percentile(times, 50))
         out[f"rerank{k}_p95_s"] = float(np.percentile(times, 95))
@@ -55,28 +60,24 @@ def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
 
 def train_figures() -> dict[str, Any]:
     """Train the private LoRA on one user's history and run one agent's local round of the shared LoRA, with the
-    recipe ``agent eval --model persona`` measures (:class:`models.experiments.persona.PersonaConfig`); export both to GGUF.
+    recipe every agent runs and ``agent eval --model persona`` measures
+    (:class:`models.fm.adapter_training.AdapterConfig`); export both to GGUF.
 
     Negatives come from the training counts' top items outside the user's history (the real system uses the first
     stage's; the cost is the same)."""
+    # torch: only this training process loads it (the serving figures must stay torch-free)
     import torch
 
-    from models.fm.assets import torch_dir
     from models.fm.torch_model import TorchFM
-    from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
-    from models.data.movielens import load_ml100k
-    from models.experiments.persona import PersonaConfig, agent_pairs, train_private_adapter
-    from models.fm.prompts import PromptBuilder
-    from models.data.split import make_loo_split
 
-    config = PersonaConfig()
+    config = AdapterConfig()
     dataset = load_ml100k()
     split = make_loo_split(dataset)
-    counts = np.zeros(split.n_items)
+    counts = np.zeros(split.n_items, dtype=np.float32)
     for s in split.users.values():
         np.add.at(counts, s.train, 1.0)
 
-    def score_all(_u: int, _h: Any) -> Any:
+    def score_all(_u: int, _h: IntArray) -> FloatArray:
         return counts
 
     user = split.users[0]
@@ -94,14 +95,8 @@ def train_figures() -> dict[str, Any]:
     pairs = agent_pairs(0, user.train, score_all, config.pairs_per_agent, np.random.default_rng(0))
     model.attach("shared", shared, trainable=True)
     t = time.perf_counter()
-    model.train_pairs(
-        "shared",
-        [builder.prefix(h) + builder.suffix(i) for h, i, _ in pairs],
-        [y for _, _, y in pairs],
-        builder.answers,
-        lr=config.local_lr,
-        steps_batch=len(pairs),
-    )
+    prompts, labels = pair_prompts(builder, pairs)
+    model.train_pairs("shared", prompts, labels, builder.answers, lr=config.local_lr, steps_batch=len(pairs))
     out["shared_local_round_s"] = time.perf_counter() - t
     out["shared_pairs"] = len(pairs)
     folder = Path(tempfile.mkdtemp())
@@ -126,7 +121,8 @@ def busy_process() -> Iterator[None]:
 
 
 def _run(*args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "models.experiments.bench_fm", *args], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-m", "models.experiments.bench_fm", *args]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 

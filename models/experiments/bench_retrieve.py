@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from models.text.encoder import ItemEncoder, embed_catalog
 from models.data.movielens import load_ml100k
-from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams
 from models.data.split import make_loo_split
+from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams
+from models.text.encoder import ItemEncoder, embed_catalog
 
 # A process that only suggests: load catalog, cached embeddings and parameters, score, take the top 10.
 _SUGGEST_ONLY = """

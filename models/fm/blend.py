@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from models.evaluation.metrics import summarize
-from models.firststage.scorer import FloatArray, IntArray
 from models.data.split import Split
+from models.evaluation.metrics import summarize
+from models.types import FloatArray, IntArray
 
 BLEND_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
 

@@ -1,4 +1,4 @@
-"""LoRA adapters for the foundation model: definition, torch training with an answer-only head, GGUF export.
+"""LoRA adapters for the foundation model: where they sit, their numbers, their files and the GGUF export.
 
 Two adapters sit on the attention ``q_proj`` and ``v_proj`` of the top layers:
 
@@ -7,11 +7,11 @@ Two adapters sit on the attention ``q_proj`` and ``v_proj`` of the top layers:
   send, so averaging ``B`` over agents averages the adapters *exactly*, and the upload is half of a LoRA;
 * the **private** adapter φ_u trains both ``A`` and ``B`` on the user's own pairs and never leaves the device.
 
-Training never pays for the 262k-token softmax: the loss reads only the " Yes" and " No" rows of the tied
-embedding matrix at the answer position. llama.cpp applies ``W·x + scale·(alpha/r)·B(A·x)``; the export writes
+llama.cpp applies ``W·x + scale·(alpha/r)·B(A·x)``; the export writes
 ``A`` as (r, in) and ``B`` as (out, r) — the same layout — under ``blk.{i}.attn_{q,v}.weight.lora_{a,b}``.
 
-This module imports torch: only the training worker and the evaluation harness use it, never the suggest path.
+Torch-free: the numbers are numpy arrays; :mod:`models.fm.torch_model` trains them and the suggest path exports
+and verifies the GGUF files.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ class LoraWeights:
 
 def export_gguf(weights: LoraWeights, path: Path, *, architecture: str = "gemma3") -> str:
     """Write the adapter as a GGUF LoRA that llama.cpp loads; returns the file's SHA-256 (also written beside it)."""
-    import gguf
+    import gguf  # gguf (~0.2 s, pulls in yaml): only an export needs it, not every user of the adapters' numbers
 
     buffer_path = path.with_name(f".{path.name}.tmp")
     writer = gguf.GGUFWriter(str(buffer_path), arch=architecture)

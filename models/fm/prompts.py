@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tokenizers import Tokenizer
+
 from models.data.catalog import Catalog
 
 BOS = 2
@@ -31,8 +33,6 @@ class PromptBuilder:
     """Builds token-id prompts for one catalog."""
 
     def __init__(self, tokenizer_file: Path, catalog: Catalog, *, history_items: int = HISTORY_ITEMS) -> None:
-        from tokenizers import Tokenizer
-
         self._tok = Tokenizer.from_file(str(tokenizer_file))
         self._tok.no_padding()
         self._tok.no_truncation()

@@ -59,7 +59,7 @@ def _native_stderr_to(path: Path | None) -> Iterator[None]:
 
 def _install_log_callback() -> None:
     global _log_callback
-    import llama_cpp
+    import llama_cpp  # llama.cpp: the native library loads only when a model is opened
 
     if _log_callback is not None:
         return
@@ -84,7 +84,7 @@ class FoundationModel:
         max_candidates: int = 50,
         native_log: Path | None = None,
     ) -> None:
-        import llama_cpp
+        import llama_cpp  # llama.cpp: the native library loads only when a model is opened
 
         if not gguf_path.is_file():
             raise AssetError(f"Foundation model file {gguf_path} is missing.", hint="Run scripts/setup.")

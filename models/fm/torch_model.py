@@ -67,6 +67,7 @@ class TorchFM:
 
     def __init__(self, threads: int | None = None) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # transformers: imported only once the environment above keeps it offline
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -203,8 +204,11 @@ class TorchFM:
         hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return self._answer_head(hidden[torch.arange(n), mask.sum(1) - 1], answers)
 
-    def scores(self, prompts: Sequence[Sequence[int]], answers: AnswerTokens, batch: int = 8) -> NDArray[np.float32]:
-        """logit(" Yes") − logit(" No") per prompt."""
+    def score(
+        self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], answers: AnswerTokens, *, batch: int = 8
+    ) -> NDArray[np.float32]:
+        """logit(" Yes") − logit(" No") after ``prefix + suffix`` for each suffix, as the llama.cpp runtime scores."""
+        prompts = [[*prefix, *suffix] for suffix in suffixes]
         out = []
         with torch.no_grad():
             for start in range(0, len(prompts), batch):

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.data.catalog import Dataset
+from models.evaluation.stats import fit_logistic, logistic_scores
 
 FloatMatrix = NDArray[np.floating]
 Labels = NDArray[np.int64]
@@ -53,7 +53,7 @@ def attribute_labels(dataset: Dataset, users: Sequence[int]) -> dict[str, Labels
 # ------------------------------------------------------------------------------------------------- statistics
 
 
-def auc(scores: NDArray[np.floating], labels: NDArray[np.integer]) -> float:
+def auc(scores: NDArray[np.floating], labels: NDArray[np.integer] | NDArray[np.bool_]) -> float:
     """Area under the ROC curve of ``scores`` for the positive ``labels`` (ties count half); nan if one class."""
     y = np.asarray(labels).astype(bool)
     n_pos = int(y.sum())
@@ -110,37 +110,6 @@ def stratified_folds(strata: NDArray[np.integer], folds: int, *, seed: int = 0) 
 
 
 # ------------------------------------------------------------------------------------------------- the attacker
-
-
-def fit_logistic(
-    x: FloatMatrix,
-    y: NDArray[Any],
-    l2: float,
-    *,
-    start: NDArray[np.float64] | None = None,
-    iterations: int = 50,
-) -> NDArray[np.float64]:
-    """Weights (last element: intercept, not penalised) minimising Σ log-loss + l2/2·‖w‖², by Newton's method."""
-    n, d = x.shape
-    a = np.hstack([np.asarray(x, dtype=np.float64), np.ones((n, 1))])
-    target = np.asarray(y, dtype=np.float64)
-    w = np.zeros(d + 1) if start is None else start.copy()
-    ridge = np.full(d + 1, l2)
-    ridge[-1] = 1e-8
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-np.clip(a @ w, -30, 30)))
-        gradient = a.T @ (p - target) + ridge * w
-        hessian = (a * (p * (1 - p))[:, None]).T @ a + np.diag(ridge)
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if float(np.max(np.abs(step))) < 1e-4:
-            break
-    return w
-
-
-def logistic_scores(x: FloatMatrix, w: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Logits of a model from :func:`fit_logistic`."""
-    return np.asarray(np.asarray(x, dtype=np.float64) @ w[:-1] + w[-1], dtype=np.float64)
 
 
 def _binary_problems(y: Labels, n_classes: int) -> list[NDArray[np.bool_]]:

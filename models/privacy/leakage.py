@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from models.privacy.attackers import fit_logistic
-from models.firststage.scorer import FloatArray, IntArray, PrivateParams, SharedParams
+from models.evaluation.stats import fit_logistic
+from models.firststage.scorer import PrivateParams, SharedParams, history_tail, item_vectors, user_state
+from models.firststage.scorer import scores as first_stage_scores
+from models.types import FloatArray, IntArray
 
 WEIGHT_ENV = "PERSONA_LEAKAGE_WEIGHT"
 
@@ -82,7 +84,7 @@ class Probe:
 
     def proximal(self, weight: float) -> Callable[[Any, float], Any]:
         """The proximal step of ``weight · Σ_k (a_k · Δ − c_k)²`` on a flat shared delta (a tensor) at step η."""
-        import torch
+        import torch  # torch boundary: fitting and reading a probe is numpy; only this training step needs torch
 
         directions = torch.from_numpy(np.ascontiguousarray(self.directions, dtype=np.float32))
         centres = torch.from_numpy(self.centres.astype(np.float32))
@@ -152,19 +154,9 @@ def holdout_rank(
 
     Only the history tail and the candidates are embedded, so it costs little more than the scores themselves.
     """
-    window = shared.window
-    tail = np.asarray(history, dtype=np.int64)[-window:]
     candidates = np.concatenate([[target], np.asarray(negatives, dtype=np.int64)])
-
-    def item_vectors(items: IntArray) -> FloatArray:
-        return np.asarray(text_vectors[items] @ shared.text_proj + shared.item_residual[items], dtype=np.float32)
-
-    state = private.user_vector.astype(np.float32).copy()
-    if len(tail):
-        logits = shared.position_logits[window - len(tail) :]
-        weights = np.exp(logits - logits.max())
-        state += (weights / weights.sum()) @ item_vectors(tail)
-    scores = item_vectors(candidates) @ state + shared.item_bias[candidates]
+    state = user_state(shared, private, item_vectors(shared, text_vectors, history_tail(shared, history)))
+    scores = first_stage_scores(state, item_vectors(shared, text_vectors, candidates), shared.item_bias[candidates])
     return int(np.count_nonzero(scores[1:] >= scores[0]))
 
 

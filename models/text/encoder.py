@@ -181,8 +181,8 @@ class ItemEncoder:
             raise AssetError(f"{self.folder / POOLING_FILE} does not ask for mean pooling; only that is supported.")
 
         os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
+        import onnxruntime as ort  # native runtime boundary: loaded on first encode, after the variable above
+        from tokenizers import Tokenizer  # loaded with the session: importing this module stays cheap
 
         ort.set_default_logger_severity(3)
         options = ort.SessionOptions()

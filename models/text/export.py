@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from models.assets import Progress, sha256_file
+from models.assets import sha256_file
+from models.errors import AssetError
 from models.text.encoder import (
     EMBEDDING_DIM,
     INPUT_NAMES,
@@ -41,7 +42,7 @@ from models.text.encoder import (
     encoder_dir,
     encoder_ready,
 )
-from models.errors import AssetError
+from models.types import Status
 
 if TYPE_CHECKING:
     import torch
@@ -106,9 +107,9 @@ def _build_bert(config: dict[str, Any], weights_path: Path) -> torch.nn.Module:
 
     Its ``forward(input_ids, attention_mask, token_type_ids)`` returns ``last_hidden_state``.
     """
-    import torch
-    from safetensors.torch import load_file
-    from torch import nn
+    import torch  # torch boundary: setup-time only, so importing this module stays cheap
+    from safetensors.torch import load_file  # a setup-time extra (persona[train])
+    from torch import nn  # torch boundary, as above
 
     hidden = int(config["hidden_size"])
     heads = int(config["num_attention_heads"])
@@ -196,7 +197,7 @@ def _build_bert(config: dict[str, Any], weights_path: Path) -> torch.nn.Module:
 
 def _export_onnx(model: torch.nn.Module, target: Path) -> str:
     """Export ``model`` to ``target``; returns which exporter was used."""
-    import torch
+    import torch  # torch boundary: setup-time only
 
     ids = torch.tensor([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]], dtype=torch.int64)
     mask = (ids != 0).to(torch.int64)
@@ -225,7 +226,7 @@ def _export_onnx(model: torch.nn.Module, target: Path) -> str:
                     hint=f"Legacy exporter: {legacy_error}\nDynamo exporter: {dynamo_error}",
                 ) from dynamo_error
             # The dynamo exporter may store weights next to the graph; fold them into the one file.
-            import onnx
+            import onnx  # a setup-time extra (persona[train]), needed only on this fallback
 
             graph = onnx.load(str(target), load_external_data=True)
             for extra in target.parent.iterdir():
@@ -238,11 +239,11 @@ def _export_onnx(model: torch.nn.Module, target: Path) -> str:
 
 def _verify_export(model: torch.nn.Module, onnx_path: Path, tokenizer_path: Path, max_seq_length: int) -> float:
     """Largest |ONNX - torch| on ``last_hidden_state`` for a few padded texts; raises if above tolerance."""
-    import torch
+    import torch  # torch boundary: setup-time only
 
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
+    import onnxruntime as ort  # native runtime boundary: the variable above must be set before it loads
+    from tokenizers import Tokenizer  # only the export check needs it
 
     tokenizer = Tokenizer.from_file(str(tokenizer_path))
     tokenizer.enable_truncation(max_length=max_seq_length)
@@ -283,7 +284,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         os.replace(staging, target)
 
 
-def prepare_encoder(progress: Progress = lambda _msg: None) -> Path:
+def prepare_encoder(progress: Status = lambda _msg: None) -> Path:
     """Export all-MiniLM-L6-v2 to ONNX under ``assets_dir()/"minilm"``; skipped when already prepared.
 
     "Prepared" means the manifest exists and every file it lists has its recorded SHA-256. Returns the folder.
@@ -304,7 +305,7 @@ def prepare_encoder(progress: Progress = lambda _msg: None) -> Path:
     max_seq_length = int(st_config.get("max_seq_length", MAX_SEQ_LENGTH))
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
+    import torch  # torch boundary: setup-time only; the variable above must be set before it loads
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"

@@ -1,72 +1,51 @@
-"""The agent's side of a sync, over HTTP (httpx): identity, verified downloads, and one round of secure aggregation.
+"""The agent's side of a round, over HTTP (httpx): signed requests, verified downloads, and one round of secure
+aggregation.
 
-:func:`run_sync` is the one-call API for ``agent sync``: register if needed, fetch and verify the current shared
-vector, let the caller compute its delta from it, take part in one round and return the new shared vector (the
-caller applies it atomically). :class:`AgentClient` is the async building block the simulation runs by the
-hundred. Only what the protocol needs leaves the device: signed round keys, encrypted Shamir shares, one packed
-masked vector and the unmask shares (the egress test checks the bytes).
+:class:`AgentClient` is the async building block that ``agent sync`` (:func:`sync.client.run.run_sync`) runs once
+and the simulation runs by the hundred. Only what the protocol needs leaves the device: signed round keys,
+encrypted Shamir shares, one packed masked vector and the unmask shares (the egress test checks the bytes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from numpy.typing import NDArray
 
-from models.assets import atomic_write_bytes
-from sync.protocol import secagg
+from models.types import FloatArray, Progress
+from sync.client.identity import Identity
 from sync.errors import CoordinatorError, ProtocolError, RoundAbandoned, SyncError, SyncTimeout
-from sync.client.ledger import EgressLedger, LedgerEntry
+from sync.protocol import secagg
 from sync.protocol.masking import Quantization
-from sync.protocol.privacy import DEFAULT_DELTA, Contribution, PrivacyParams, epsilon, prepare_contribution
-from sync.protocol.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, shared_message, stage_index
-
-Progress = Callable[[str, dict[str, Any]], None]
-FloatArray = NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An agent's long-term Ed25519 key and the id derived from it."""
-
-    key: Ed25519PrivateKey
-
-    @property
-    def public(self) -> bytes:
-        """Raw public key."""
-        return secagg.raw_public(self.key)
-
-    @property
-    def agent_id(self) -> str:
-        """The id the coordinator knows this agent by."""
-        return secagg.agent_id_for(self.public)
-
-    @classmethod
-    def generate(cls) -> Identity:
-        """A fresh identity."""
-        return cls(Ed25519PrivateKey.generate())
-
-    @classmethod
-    def load_or_create(cls, path: Path) -> Identity:
-        """Read the key from ``path`` (32 raw bytes), creating it (mode 0600) the first time."""
-        if path.is_file():
-            return cls(Ed25519PrivateKey.from_private_bytes(path.read_bytes()))
-        identity = cls.generate()
-        atomic_write_bytes(path, identity.key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
-        path.chmod(0o600)
-        return identity
+from sync.protocol.privacy import Contribution, PrivacyParams, prepare_contribution
+from sync.protocol.wire import (
+    API,
+    BINARY_TYPE,
+    JSON_TYPE,
+    STAGES,
+    advertise_body,
+    b64d,
+    b64d_map,
+    b64e,
+    b64e_map,
+    peer_keys_from_json,
+    request_message,
+    setup_from_json,
+    shared_message,
+    stage_index,
+    unmask_body,
+)
 
 
 @dataclass
@@ -187,10 +166,8 @@ class AgentClient:
         self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None, signed: bool = True
     ) -> httpx.Response:
         """One request, signed, retried on connection errors for ``retry_seconds``; 4xx raise CoordinatorError."""
-        import json as _json
-
         if json_body is not None:
-            body, content_type = _json.dumps(json_body, separators=(",", ":")).encode(), JSON_TYPE
+            body, content_type = json.dumps(json_body, separators=(",", ":")).encode(), JSON_TYPE
         elif content is not None:
             body, content_type = content, BINARY_TYPE
         else:
@@ -264,7 +241,7 @@ class AgentClient:
                     await self.request(
                         "POST",
                         f"{API}/rounds/{round_id}/advertise",
-                        json_body={"c_pk": b64e(c_pk), "s_pk": b64e(s_pk), "signature": b64e(signature)},
+                        json_body=advertise_body(c_pk, s_pk, signature),
                     )
                     return session, info
                 except CoordinatorError as error:
@@ -313,19 +290,14 @@ class AgentClient:
         try:
             await self._stage(watcher, round_id, "share_keys", deadline)
             doc = (await self.request("GET", f"{API}/rounds/{round_id}/setup")).json()
-            setup = _setup_from(doc)
-            peers = [
-                secagg.PeerKeys(
-                    p["agent_id"], b64d(p["identity_key"]), b64d(p["c_pk"]), b64d(p["s_pk"]), b64d(p["signature"])
-                )
-                for p in doc["neighbours"]
-            ]
+            setup = setup_from_json(doc, round_id=int(doc["round_id"]), seed=b64d(doc["seed"]))
+            peers = [peer_keys_from_json(p) for p in doc["neighbours"]]
             result.cohort_size, result.quantization = len(setup.cohort), setup.quantization
             encrypted = timed(lambda: session.share_keys(setup, peers))
             await self.request(
                 "POST",
                 f"{API}/rounds/{round_id}/shares",
-                json_body={"shares": {k: b64e(v) for k, v in encrypted.items()}},
+                json_body={"shares": b64e_map(encrypted)},
             )
             report("shared_keys", {"round_id": round_id, "cohort": len(setup.cohort), "neighbours": len(peers)})
             if drop_after_shares:
@@ -337,7 +309,7 @@ class AgentClient:
                 delta, n_examples, privacy, noise_divisor=setup.min_survivors, factor=factor
             )
             result.contribution = contribution
-            inbox = {k: b64d(v) for k, v in doc["shares"].items()}
+            inbox = b64d_map(doc["shares"])
             masked = timed(lambda: session.masked_input(doc["u2"], inbox, contribution.vector))
             await self.request("POST", f"{API}/rounds/{round_id}/input", content=masked)
             report("sent_input", {"round_id": round_id, "bytes": len(masked)})
@@ -347,10 +319,7 @@ class AgentClient:
             await self.request(
                 "POST",
                 f"{API}/rounds/{round_id}/unmask",
-                json_body={
-                    "self_mask_shares": {k: b64e(v) for k, v in b_shares.items()},
-                    "key_shares": {k: b64e(v) for k, v in s_shares.items()},
-                },
+                json_body=unmask_body(b_shares, s_shares),
             )
             report("unmasking", {"round_id": round_id, "survivors": len(doc["u3"])})
             final = await watcher.wait(round_id, "done", deadline)
@@ -371,89 +340,3 @@ class AgentClient:
             raise RoundAbandoned(f"round {round_id} was abandoned before {stage}: {reason}")
         if stage_index(info["stage"]) > stage_index(stage):
             raise RoundAbandoned(f"round {round_id} moved past {stage} without this agent")
-
-
-def _setup_from(doc: dict[str, Any]) -> secagg.RoundSetup:
-    q = doc["quantization"]
-    return secagg.RoundSetup(
-        round_id=int(doc["round_id"]),
-        cohort=tuple(doc["cohort"]),
-        seed=b64d(doc["seed"]),
-        degree=int(doc["degree"]),
-        threshold=int(doc["threshold"]),
-        min_survivors=int(doc["min_survivors"]),
-        quantization=Quantization(bits=int(q["bits"]), levels=int(q["levels"]), bound=float(q["bound"])),
-        vector_size=int(doc["vector_size"]),
-    )
-
-
-def ledger_entry(result: RoundResult, ledger: EgressLedger, *, delta: float = DEFAULT_DELTA) -> LedgerEntry:
-    """The ledger entry for a round result, with ε over every released round so far (this one included)."""
-    released = [e.noise_multiplier for e in ledger.entries() if e.released]
-    if result.released:
-        released.append(result.privacy.noise_multiplier)
-    return LedgerEntry(
-        time=time.time(),
-        round_id=result.round_id,
-        status=result.status,
-        bytes_sent=result.traffic.sent,
-        bytes_received=result.traffic.received,
-        clip=result.privacy.clip,
-        sigma=result.privacy.sigma,
-        noise_multiplier=result.privacy.noise_multiplier,
-        cohort_size=result.cohort_size,
-        released=result.released,
-        epsilon=epsilon(released, delta),
-        delta=delta,
-    )
-
-
-@dataclass
-class SyncOutcome:
-    """What :func:`run_sync` returns: the new shared vector (apply it atomically) and the ledger entry."""
-
-    shared: SharedVector
-    entry: LedgerEntry
-    round: RoundResult
-
-
-def run_sync(
-    url: str,
-    identity: Identity,
-    compute_delta: Callable[[FloatArray], tuple[NDArray[np.floating], float]],
-    ledger: EgressLedger,
-    *,
-    coordinator_key: bytes | None = None,
-    timeout: float = 300.0,
-    progress: Progress | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> SyncOutcome:
-    """One full sync: register, fetch + verify the shared vector, ``compute_delta(shared) -> (delta, n_examples)``,
-    one secure-aggregation round, fetch the new vector. Records a ledger entry whatever happens after joining.
-    """
-
-    async def go() -> SyncOutcome:
-        async with httpx.AsyncClient(base_url=url, transport=transport, timeout=httpx.Timeout(30.0)) as http:
-            client = AgentClient(http, identity, coordinator_key=coordinator_key)
-            await client.register()
-            current = await client.fetch_shared()
-            if progress:
-                progress("fetched", {"version": current.version})
-            delta, n_examples = compute_delta(current.vector)
-            try:
-                result = await asyncio.wait_for(
-                    client.take_part(delta, n_examples, timeout=timeout, progress=progress), timeout + 5.0
-                )
-            except (SyncError, TimeoutError) as error:
-                failed = RoundResult(-1, "failed", 0, PrivacyParams(), None, None, None, 0.0, client.traffic, False)
-                ledger.record(ledger_entry(failed, ledger))
-                if isinstance(error, TimeoutError):
-                    raise SyncTimeout(f"no round finished within {timeout:.0f} s") from error
-                raise
-            new = await client.fetch_shared()
-            result.traffic = client.traffic
-            entry = ledger_entry(result, ledger)
-            ledger.record(entry)
-            return SyncOutcome(new, entry, result)
-
-    return asyncio.run(go())

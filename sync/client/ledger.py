@@ -1,4 +1,4 @@
-"""The egress ledger: one entry per sync saying what left the device, with the privacy spent so far.
+"""The egress ledger: one entry per sync saying what left the device, with the privacy spent this year.
 
 :class:`EgressLedger` is the seam: the agent's local store can implement it (``record`` and ``entries``); until
 then :class:`JsonlLedger` appends one JSON object per line to a file.
@@ -19,7 +19,7 @@ class LedgerEntry:
 
     time: float
     round_id: int | None
-    status: str  # "done" | "abandoned" | "failed"
+    status: str  # "done" | "abandoned" | "failed" | "skipped" (the budget refused; nothing was sent)
     bytes_sent: int
     bytes_received: int
     clip: float
@@ -27,8 +27,9 @@ class LedgerEntry:
     noise_multiplier: float
     cohort_size: int
     released: bool  # the agent's masked input was part of an unmasked sum (counts toward ε)
-    epsilon: float  # over every released round so far, at ``delta``
+    epsilon: float  # over the released rounds of the 365 days up to ``time``, at ``delta`` (sync.client.budget)
     delta: float
+    note: str = ""  # why, for a skipped sync
 
 
 class EgressLedger(Protocol):

@@ -3,8 +3,8 @@
 Every refusal is a 4xx JSON body ``{"error": REASON, "detail": TEXT}`` where REASON is machine-readable:
 ``malformed_json``, ``unsupported_content_type``, ``body_too_large``, ``invalid_body``, ``wrong_vector_length``,
 ``wrong_round``, ``wrong_stage``, ``late_submission``, ``round_abandoned``, ``unknown_agent``, ``missing_signature``,
-``bad_signature``, ``replayed_nonce``, ``not_in_cohort``, ``already_submitted``, ``cohort_full``, ...
-A refused request changes nothing but the agent's nonce.
+``bad_signature``, ``invalid_nonce``, ``replayed_nonce``, ``not_in_cohort``, ``already_submitted``, ``cohort_full``,
+``not_found``, ``method_not_allowed``, ... A refused request changes nothing but the agent's nonce.
 """
 
 from __future__ import annotations
@@ -17,12 +17,25 @@ from typing import Any, TypeVar
 
 import anyio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sync.coordinator.service import Coordinator, Rejection
-from sync.protocol.wire import API, BINARY_TYPE, JSON_TYPE, STAGES, b64d, b64e, request_message, stage_index
+from sync.coordinator.openapi import OPENAPI
+from sync.coordinator.rejection import Rejection
+from sync.coordinator.service import Coordinator
+from sync.protocol.wire import (
+    API,
+    BINARY_TYPE,
+    INT64_MAX,
+    JSON_TYPE,
+    STAGES,
+    b64d,
+    b64e,
+    request_message,
+    stage_index,
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
@@ -52,8 +65,8 @@ async def _body(request: Request, limit: int, content_type: str) -> bytes:
 def _json(body: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Rejection(400, "malformed_json", str(error)) from error
+    except (ValueError, RecursionError) as error:  # not UTF-8, not JSON, an integer of 4,300+ digits, nested too deep
+        raise Rejection(400, "malformed_json", str(error) or "nested too deeply") from error
     if not isinstance(doc, dict):
         raise Rejection(400, "invalid_body", "the body must be a JSON object")
     return doc
@@ -89,8 +102,10 @@ def _signer(request: Request) -> tuple[str, int, bytes]:
     agent = request.headers.get("x-agent-id")
     nonce = request.headers.get("x-nonce", "")
     signature = request.headers.get("x-signature")
-    if not agent or not signature or not nonce.isdigit():
+    if not agent or not signature or not nonce:
         raise Rejection(401, "missing_signature", "x-agent-id, x-nonce and x-signature headers are required")
+    if not (nonce.isascii() and nonce.isdigit() and int(nonce) <= INT64_MAX):
+        raise Rejection(401, "invalid_nonce", f"x-nonce must be a decimal integer from 0 to {INT64_MAX}")
     try:
         return agent, int(nonce), b64d(signature)
     except ValueError as error:
@@ -102,9 +117,25 @@ def _signed_path(request: Request) -> str:
     return request.url.path + (f"?{query}" if query else "")
 
 
+def _path_id(request: Request, name: str) -> int:
+    """An integer path parameter; one beyond what the state can hold names nothing there."""
+    value = int(request.path_params[name])
+    if value > INT64_MAX:
+        raise Rejection(404, f"unknown_{name.removesuffix('_id')}", f"{name} {value} is beyond {INT64_MAX}")
+    return value
+
+
 def _round_id(request: Request) -> int:
-    raw = request.path_params["round_id"]
-    return int(raw)
+    return _path_id(request, "round_id")
+
+
+async def _http_error(_request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no such path, method not allowed) in the same JSON shape as every other one."""
+    assert isinstance(error, HTTPException)
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "bad_request")
+    response = _error(error.status_code, reason, error.detail)
+    response.headers.update(error.headers or {})
+    return response
 
 
 def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlette:
@@ -140,18 +171,7 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
         return JSONResponse({"ok": True})
 
     async def status(_request: Request) -> Response:
-        def read() -> dict[str, Any]:
-            with coordinator.lock:
-                coordinator.tick()
-                row = coordinator._active()
-                latest = coordinator.latest()
-                body: dict[str, Any] = {"published_version": latest.version, "published_sha256": latest.sha256}
-                last = coordinator.db.execute("SELECT MAX(round_id) FROM rounds").fetchone()[0]
-                rid = int(row["round_id"]) if row is not None else last
-                body["round"] = coordinator.round_info(int(rid)) if rid is not None else None
-                return body
-
-        return JSONResponse(await call(read))
+        return JSONResponse(await call(coordinator.status))
 
     async def coordinator_key(_request: Request) -> Response:
         return JSONResponse({"public_key": b64e(coordinator.public_key)})
@@ -178,7 +198,7 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
         )
 
     async def shared_blob(request: Request) -> Response:
-        blob = await call(coordinator.blob, int(request.path_params["version"]))
+        blob = await call(coordinator.blob, _path_id(request, "version"))
         return Response(blob, media_type=BINARY_TYPE)
 
     async def current(_request: Request) -> Response:
@@ -327,79 +347,4 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
         Route(f"{API}/rounds/{{round_id:int}}/unmask", guarded(unmask), methods=["POST"]),
         Route(f"{API}/rounds/{{round_id:int}}/aggregate", guarded(aggregate)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
-
-
-def _op(summary: str, *, signed: bool = False, body: str | None = None, returns: str = JSON_TYPE) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "responses": {
-            "200": {"description": "OK", "content": {returns: {}}},
-            "4XX": {
-                "description": "Refused",
-                "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}},
-            },
-        },
-    }
-    if signed:
-        op["security"] = [{"agentSignature": []}]
-    if body:
-        op["requestBody"] = {"required": True, "content": {body: {}}}
-    return op
-
-
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.1.0",
-    "info": {
-        "title": "Persona coordinator",
-        "version": "1",
-        "description": "Rounds of secure aggregation of clipped, noised, quantized, masked shared deltas.",
-    },
-    "paths": {
-        "/healthz": {"get": _op("Liveness")},
-        "/status": {"get": _op("Current round, cohort size, stage and deadlines; published version")},
-        f"{API}/coordinator": {"get": _op("The coordinator's Ed25519 public key")},
-        f"{API}/agents": {"post": _op("Register an Ed25519 identity key (signed by it)", signed=True, body=JSON_TYPE)},
-        f"{API}/shared": {"get": _op("Metadata of the newest published shared vector (sha256, signature)")},
-        f"{API}/shared/{{version}}": {
-            "get": _op("A published shared vector, float32 little-endian", returns=BINARY_TYPE)
-        },
-        f"{API}/round": {"get": _op("The open round (opens one when none is open)")},
-        f"{API}/rounds/{{round_id}}": {"get": _op("A round's public state; ?wait=STAGE&timeout=S long-polls")},
-        f"{API}/rounds/{{round_id}}/advertise": {
-            "post": _op("Join with signed X25519 round keys", signed=True, body=JSON_TYPE)
-        },
-        f"{API}/rounds/{{round_id}}/setup": {
-            "get": _op("Cohort, graph seed, quantization, neighbours' keys", signed=True)
-        },
-        f"{API}/rounds/{{round_id}}/shares": {
-            "post": _op("Encrypted Shamir shares, one per neighbour", signed=True, body=JSON_TYPE)
-        },
-        f"{API}/rounds/{{round_id}}/inbox": {"get": _op("U2 and the shares addressed to the caller", signed=True)},
-        f"{API}/rounds/{{round_id}}/input": {"post": _op("The packed masked vector", signed=True, body=BINARY_TYPE)},
-        f"{API}/rounds/{{round_id}}/survivors": {"get": _op("U2 and U3 for unmasking", signed=True)},
-        f"{API}/rounds/{{round_id}}/unmask": {
-            "post": _op("Revealed shares: self-mask of U3, key of U2∖U3", signed=True, body=JSON_TYPE)
-        },
-        f"{API}/rounds/{{round_id}}/aggregate": {
-            "get": _op("The unmasked integer sum of a finished round (int64 LE)", returns=BINARY_TYPE)
-        },
-    },
-    "components": {
-        "schemas": {
-            "Error": {
-                "type": "object",
-                "required": ["error", "detail"],
-                "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-            }
-        },
-        "securitySchemes": {
-            "agentSignature": {
-                "type": "apiKey",
-                "in": "header",
-                "name": "x-signature",
-                "description": "Ed25519 over persona-request|METHOD|PATH|NONCE|SHA256(BODY); with x-agent-id, x-nonce",
-            }
-        },
-    },
-}
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})

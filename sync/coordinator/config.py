@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sync.protocol import rules
 from sync.protocol.privacy import PrivacyParams
 
 ENV_PREFIX = "PERSONA_COORDINATOR_"
@@ -19,14 +19,17 @@ class CoordinatorConfig:
     db: Path = Path("coordinator.sqlite3")
     """SQLite file holding all state (WAL mode)."""
     vector_size: int = 0
-    """Length of the shared vector; needed only the first time, when nothing is published yet (zeros)."""
-    min_cohort: int = 10
+    """When nothing is published yet: publish this many zeros as version 0 instead of the catalog's bootstrap vector."""
+    catalog: str = "ml-100k"
+    """When nothing is published yet (and no initial vector or vector size is given): the built-in catalog whose
+    bootstrap shared vector (seeded: the same for every operator) becomes version 0."""
+    min_cohort: int = rules.MIN_COHORT
     """A round is never unmasked with fewer survivors than this."""
     target_cohort: int = 100
     """Agents wanted per round; the advertise stage takes up to target × (1 + over_selection)."""
     over_selection: float = 0.3
     """Extra fraction admitted at advertise time to absorb dropouts."""
-    max_dropout: float = 0.3
+    max_dropout: float = rules.COORDINATOR_MAX_DROPOUT
     """Fraction of the cohort that may drop; agents' noise is calibrated for the resulting minimum survivors."""
     advertise_s: float = 20.0
     """Deadline of the advertise stage (seconds), if the cohort does not fill up first."""
@@ -50,7 +53,7 @@ class CoordinatorConfig:
     @property
     def max_cohort(self) -> int:
         """The most agents one round admits."""
-        return max(self.min_cohort, math.ceil(self.target_cohort * (1 + self.over_selection)))
+        return rules.max_cohort(self.min_cohort, self.target_cohort, self.over_selection)
 
     @property
     def privacy(self) -> PrivacyParams:

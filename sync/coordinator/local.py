@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import uvicorn
 
 from sync.coordinator.app import build_app
 from sync.coordinator.service import Coordinator
@@ -44,8 +45,6 @@ def wait_healthy(url: str, timeout: float = 30.0, process: subprocess.Popen[byte
 @contextlib.contextmanager
 def serve_in_thread(coordinator: Coordinator, *, port: int | None = None) -> Iterator[str]:
     """Serve ``coordinator`` with uvicorn in a daemon thread; yields its base URL."""
-    import uvicorn
-
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(coordinator), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,10 +58,14 @@ def serve_in_thread(coordinator: Coordinator, *, port: int | None = None) -> Ite
         thread.join(timeout=10)
 
 
+def cli_command(*args: str) -> list[str]:
+    """The command line that runs ``agent-coordinator ARGS`` with this interpreter."""
+    return [sys.executable, "-c", "import sys; from sync.coordinator.cli import main; main(sys.argv[1:])", *args]
+
+
 def coordinator_command(db: Path, port: int, args: Sequence[str] = ()) -> list[str]:
     """The command line that runs ``agent-coordinator serve`` with this interpreter."""
-    code = "import sys; from sync.coordinator.cli import main; main(sys.argv[1:])"
-    return [sys.executable, "-c", code, "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *args]
+    return cli_command("serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *args)
 
 
 @contextlib.contextmanager
@@ -71,7 +74,7 @@ def coordinator_process(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Run ``agent-coordinator serve`` as a subprocess; yields (base URL, process) and stops it afterwards."""
     port = port or free_port()
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding the sync package
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = log.open("ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(coordinator_command(db, port, args), env=env, stdout=out, stderr=out)

@@ -14,7 +14,8 @@ What one agent contributes to a round is the joint vector ``x = (w · clip_C(Δ)
 The coordinator divides the first elements of the sum by the last (÷ C) to get the weighted mean delta. The
 release per round is a Gaussian mechanism with noise multiplier ``z = σC / S = σ / √2``; the accountant composes
 one such event per round the agent actually took part in (RDP, Google's ``dp-accounting``). No sampling
-amplification is claimed: cohorts are not Poisson-sampled.
+amplification is claimed: cohorts are not Poisson-sampled. :func:`gaussian_epsilon` gives the exact ε of the same
+composition (what the agent's yearly budget uses, :mod:`sync.client.budget`).
 
 The noise comes from numpy's PCG64 seeded with 128 bits from :mod:`secrets` (fresh per contribution). Floating-point
 Gaussian samplers have known precision side channels; the quantization after noising coarsens them but this is not
@@ -30,8 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from dp_accounting import GaussianDpEvent
+from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
 from dp_accounting.rdp import RdpAccountant
 from numpy.typing import NDArray
+
+from sync.protocol.rules import SYNC_CLIP, SYNC_SIGMA, SYNC_WEIGHT_CAP
 
 DEFAULT_DELTA = 1e-5
 
@@ -40,14 +44,18 @@ DEFAULT_DELTA = 1e-5
 class PrivacyParams:
     """A round's clipping and noise settings, published by the coordinator and checked by each agent."""
 
-    clip: float = 0.5  # C: L2 bound of the shared delta
-    sigma: float = 0.4  # the unmasked sum carries N(0, (σC)²) on every element
-    weight_cap: float = 32.0  # n_u at or above this gets weight 1 (defaults measured on ML-100K: see README)
+    clip: float = SYNC_CLIP  # C: L2 bound of the shared delta
+    sigma: float = SYNC_SIGMA  # the unmasked sum carries N(0, (σC)²) on every element
+    weight_cap: float = SYNC_WEIGHT_CAP  # n_u at or above this gets weight 1
 
     @property
     def noise_multiplier(self) -> float:
         """Noise std over L2 sensitivity of the sum (σC / √2C): what the accountant composes."""
         return self.sigma / math.sqrt(2.0)
+
+    def noise_share(self, noise_divisor: int) -> float:
+        """The standard deviation of one agent's noise share, σC / √m, for a round unmasked with at least m."""
+        return self.sigma * self.clip / math.sqrt(noise_divisor)
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ def prepare_contribution(
     joint = np.concatenate([weight * clipped, [weight * params.clip]])
     if params.sigma > 0:
         noise = rng or np.random.default_rng(secrets.randbits(128))
-        joint += noise.normal(0.0, params.sigma * params.clip / math.sqrt(noise_divisor), size=joint.shape)
+        joint += noise.normal(0.0, params.noise_share(noise_divisor), size=joint.shape)
     return Contribution(vector=joint, norm_before_clip=norm, weight=weight)
 
 
@@ -123,3 +131,19 @@ def epsilon(noise_multipliers: Iterable[float], delta: float = DEFAULT_DELTA) ->
         accountant.compose(GaussianDpEvent(z))
         count += 1
     return float(accountant.get_epsilon(delta)) if count else 0.0
+
+
+def gaussian_epsilon(noise_multipliers: Iterable[float], delta: float = DEFAULT_DELTA) -> float:
+    """The exact ε of composing one Gaussian mechanism per round (noise multipliers ``z_i``); 0 for no rounds.
+
+    Gaussian mechanisms compose exactly into one Gaussian mechanism with ``z = (Σ z_i⁻²)^-½`` (their privacy loss
+    distributions are Gaussian; Dong, Roth & Su 2019), whose ε at ``delta`` is analytic (Balle & Wang 2018,
+    ``dp_accounting.gaussian_mechanism``): tight where the RDP bound of :func:`epsilon` is not, and it agrees with
+    dp-accounting's PLD accountant to three decimals at a fraction of its cost.
+    """
+    inverse_square = 0.0
+    for z in noise_multipliers:
+        if z <= 0:
+            return math.inf
+        inverse_square += z**-2
+    return float(get_epsilon_gaussian(inverse_square**-0.5, delta)) if inverse_square else 0.0

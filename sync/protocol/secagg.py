@@ -16,6 +16,7 @@ coordinator subtracts from the running sum after reconstructing the secrets.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import secrets as _secrets
@@ -31,8 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 from numpy.typing import NDArray
 
-from sync.protocol import shamir
 from sync.errors import ProtocolError
+from sync.protocol import shamir
 from sync.protocol.masking import Quantization, UIntArray, add_prg_mask, derive_key, pack, prg_mask
 
 AGENT_ID_LEN = 16
@@ -45,8 +46,6 @@ def raw_public(key: X25519PrivateKey | Ed25519PrivateKey) -> bytes:
 
 def agent_id_for(identity_public: bytes) -> str:
     """An agent's id: the first 16 hex digits of the SHA-256 of its Ed25519 public key."""
-    import hashlib
-
     return hashlib.sha256(identity_public).hexdigest()[:AGENT_ID_LEN]
 
 

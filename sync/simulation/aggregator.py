@@ -1,12 +1,11 @@
-""":class:`SecureAggregator`: the ``models.firststage.federated.Aggregator`` interface, carried out by real agent clients
-against a real coordinator over 127.0.0.1 — so ``train_federated(..., aggregator=SecureAggregator(...))`` trains
-through secure aggregation, clipping, noise and quantization without any change to the training code.
+""":class:`SecureAggregator`: the ``models.federation.Aggregator`` interface, carried out by real agent
+clients against a real coordinator over 127.0.0.1 — so ``train_federated(..., aggregator=SecureAggregator(...))``
+trains through secure aggregation, clipping, noise and quantization without any change to the training code.
 
 Where the server optimizer lives: the coordinator applies FedAdam to the unmasked mean and publishes the result;
 :meth:`SecureAggregator.finish` returns the same unmasked mean (read from the round's public aggregate) and the
 simulation's own FedAdam applies it. Started from the same initial vector with the same server learning rate, both
-produce the same vector; :attr:`SecureAggregator.published_gap` records the largest difference seen, so a drift
-would show.
+produce the same vector (:meth:`SecureAggregator.published_vector` reads the coordinator's, to check).
 """
 
 from __future__ import annotations
@@ -23,10 +22,12 @@ from typing import Any
 import httpx
 import numpy as np
 
-from models.firststage.scorer import FloatArray
-from sync.client.http_client import AgentClient, Identity, RoundResult, StageWatcher
-from sync.errors import SyncError
+from models.types import FloatArray
+from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.identity import Identity
 from sync.coordinator.local import coordinator_process
+from sync.errors import SyncError
+from sync.protocol import rules
 from sync.protocol.privacy import DEFAULT_DELTA, epsilon, weighted_mean
 from sync.protocol.wire import API
 
@@ -128,11 +129,9 @@ class SecureAggregator:
 
     def select(self, round_id: int, agent_ids: list[int]) -> list[int]:
         """Sample this round's cohort of ``cohort_size`` agents (all of them when unset), seeded by the round."""
-        if self.cohort_size is None or len(agent_ids) <= self.cohort_size:
+        if self.cohort_size is None:
             return agent_ids
-        rng = np.random.default_rng([self.seed, round_id, 1])
-        keep = np.sort(rng.choice(len(agent_ids), size=self.cohort_size, replace=False))
-        return [agent_ids[int(i)] for i in keep]
+        return rules.select_cohort(agent_ids, round_id, self.cohort_size, self.seed)
 
     def begin_round(self, round_id: int, vector_size: int) -> None:
         """Start collecting this round's contributions."""

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli.main import app
-from agent.store.database import ProfileStore
+from agent.store.profile_store import ProfileStore
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("warm_embedding_cache")

@@ -24,17 +24,20 @@ from agent.engine.private_lora import train_private_lora
 from agent.engine.profile import Profile
 from agent.engine.rerank import SERVED
 from agent.settings import RerankSettings, Settings
-from agent.store.database import PRIVATE_LORA, ProfileStore
+from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_LORA
 from agent.tui.app import PersonaApp
-from agent.tui.screens import SuggestionsScreen, WhyScreen
-from models.fm.assets import gguf_path
-from models.fm.serving import FoundationModel
-from models.fm.lora import verify_gguf
+from agent.tui.screens.suggestions import SuggestionsScreen
+from agent.tui.screens.why import WhyScreen
 from models.experiments.persona import PersonaConfig
+from models.fm.assets import gguf_path
+from models.fm.lora import verify_gguf
+from models.fm.serving import FoundationModel
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
 LIKED = ["1", "95", "71", "588", "99", "596", "418"]  # Toy Story, Aladdin, Lion King, Beauty and the Beast, ...
+RERANK_ON = "[rerank]\nweight = 0.5\n"  # the measured default weight, 0, switches the rerank off
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
@@ -173,6 +176,7 @@ def _labels(items: list[str]) -> list[tuple[str, int | None]]:
 
 
 def test_a_corrupt_private_lora_falls_back_to_the_first_stage_with_a_message(trained: Path) -> None:
+    write_config(trained, RERANK_ON)
     with ProfileStore.open() as store:
         record = store.adapter_record(PRIVATE_LORA)
     assert record is not None
@@ -200,6 +204,7 @@ def test_a_foundation_model_that_fails_its_checksum_falls_back_with_a_message(
     with gguf_path().open("rb") as source:
         (fake / "gemma" / gguf_path().name).write_bytes(source.read(1 << 20))  # a truncated copy
     monkeypatch.setenv("PERSONA_ASSETS", str(fake))
+    write_config(trained, RERANK_ON)
     code, stdout, stderr = invoke("suggest", "--json", "-n", "5")
     assert code == 0 and "fails its checksum" in stderr and "agent prepare" in stderr
     body = json.loads(stdout)

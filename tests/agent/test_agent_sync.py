@@ -1,6 +1,6 @@
 """`agent sync` and the TUI's sync hook against a real coordinator on 127.0.0.1 (uvicorn in a thread, SQLite in a
-temporary folder), with simulated agents (``sync.client.http_client``) filling the rest of the cohort, and the real training
-worker process.
+temporary folder), with simulated agents (``sync.client.http_client``) filling the rest of the cohort, and the real
+training worker process.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from agent import paths
 from agent.cli.main import app
-from agent.engine.sync import IDENTITY_FILE, tui_sync
 from agent.engine.profile import Profile
-from agent.store.database import ProfileStore
-from sync.client.http_client import AgentClient, Identity, RoundResult, StageWatcher
+from agent.engine.sync import IDENTITY_FILE, tui_sync
+from agent.store.profile_store import ProfileStore
+from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.identity import Identity
 from sync.coordinator.config import CoordinatorConfig
-from sync.coordinator.service import Coordinator
 from sync.coordinator.local import free_port, serve_in_thread
+from sync.coordinator.service import Coordinator
 from sync.protocol.wire import API
 
 runner = CliRunner()
@@ -43,6 +45,13 @@ def invoke(*args: str) -> tuple[int, str, str]:
 @pytest.fixture(autouse=True)
 def _no_configured_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERSONA_COORDINATOR_URL", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_privacy_budget() -> None:
+    """These rounds run at ML-100K's σ, which the default budget refuses (tests/agent/test_privacy_budget.py)."""
+    paths.config_dir().mkdir(parents=True, exist_ok=True)
+    (paths.config_dir() / "config.toml").write_text("[sync]\nepsilon_budget = inf\n", encoding="utf-8")
 
 
 def _profile_with_likes() -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -198,7 +207,8 @@ async def test_tui_sync_now_runs_a_round_from_the_sync_screen(
 
     from agent.settings import Settings
     from agent.tui.app import PersonaApp
-    from agent.tui.screens import SuggestionsScreen, SyncScreen
+    from agent.tui.screens.suggestions import SuggestionsScreen
+    from agent.tui.screens.sync import SyncScreen
 
     url, initial = coordinator_url
     monkeypatch.setenv("PERSONA_COORDINATOR_URL", url)

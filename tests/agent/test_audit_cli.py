@@ -7,9 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli.main import app, dataset_user_rows
 from agent.cli.audit import exposure_words
-from agent.store.database import ProfileStore
+from agent.cli.main import app
+from agent.engine.demo import dataset_user_rows
+from agent.store.profile_store import ProfileStore
 from models.data.movielens import load_ml100k
 
 runner = CliRunner()

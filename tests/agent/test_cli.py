@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from agent.cli.main import app
-from agent.store.database import ProfileStore
+from agent.settings import config_path
+from agent.store.profile_store import ProfileStore
 from models.data.movielens import load_ml100k
 from models.firststage.scorer import SharedParams
 
@@ -91,6 +92,8 @@ def test_suggest_path_never_imports_torch(tmp_path: Path) -> None:
         store.save_shared(SharedParams.init(len(dataset.catalog)), version="test", meta={"catalog": "ml-100k"})
         store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(history)])
         store.save_private_lora(_random_private_lora(tmp_path), meta={"catalog": "ml-100k"})
+    config_path().parent.mkdir(parents=True, exist_ok=True)
+    config_path().write_text("[rerank]\nweight = 0.5\n")  # the measured default, 0, would switch it off
     code = (
         "import sys, json\n"
         "from agent.cli.main import app\n"
@@ -100,7 +103,8 @@ def test_suggest_path_never_imports_torch(tmp_path: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     body = json.loads(proc.stdout)
-    assert body["rerank"]["applied"], body["rerank"]
+    assert body["rerank"]["applied"] and body["rerank"]["source"] == "your setting", body["rerank"]
+    assert "(weight 0.5, your setting)" in body["rerank"]["note"]
     suggestions = body["suggestions"]
     assert len(suggestions) == 5 and all(s["fm_score"] is not None for s in suggestions)
     assert all(s["title"] and s["reason"] for s in suggestions)

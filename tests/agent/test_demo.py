@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent.store.database import ProfileStore
+from agent.store.profile_store import ProfileStore
 
 AGENT = [sys.executable, "-c", "from agent.cli.main import main; main()"]
 

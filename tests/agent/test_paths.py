@@ -1,15 +1,17 @@
-"""Tests for agent.paths: the user's folders, under PERSONA_HOME when it is set."""
+"""Tests for agent.paths: the user's folders, under PERSONA_HOME when it is set; the assets stay shared."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import platformdirs
 import pytest
 
 from agent import paths
+from models.assets import assets_dir
 
 
-def test_everything_lives_under_persona_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_persons_files_live_under_persona_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSONA_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PERSONA_ASSETS", raising=False)
     assert paths.data_dir() == tmp_path / "home" / "data"
@@ -21,10 +23,25 @@ def test_everything_lives_under_persona_home(tmp_path: Path, monkeypatch: pytest
         "config": str(tmp_path / "home" / "config"),
         "cache": str(tmp_path / "home" / "cache"),
         "logs": str(tmp_path / "home" / "logs"),
-        "assets": str(tmp_path / "home" / "assets"),
+        "assets": str(assets_dir()),
     }
     assert not (tmp_path / "home").exists(), "computing paths must not create folders"
     assert paths.ensure_dir(paths.data_dir()).is_dir()
+
+
+def test_persona_home_does_not_move_the_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second profile (another PERSONA_HOME) shares the prepared assets in the user cache folder."""
+    monkeypatch.delenv("PERSONA_ASSETS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("PERSONA_HOME", raising=False)
+    shared = assets_dir()
+    assert shared == Path(platformdirs.user_cache_dir("persona")) / "assets"
+    for home in ("first", "second"):
+        monkeypatch.setenv("PERSONA_HOME", str(tmp_path / home))
+        assert assets_dir() == shared
+        assert paths.all_paths()["assets"] == str(shared)
+        assert not assets_dir().is_relative_to(tmp_path / home)
 
 
 def test_persona_assets_wins_for_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

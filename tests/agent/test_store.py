@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from agent.errors import AdapterChecksumError, WrongPassphraseError
-from agent.store.database import MIGRATIONS, PRIVATE_FIRST_STAGE, ProfileStore, feedback_to_row, reset_profile
+from agent.store.files import reset_profile
+from agent.store.migrations import MIGRATIONS
+from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_FIRST_STAGE, feedback_to_row
 from models.firststage.scorer import PrivateParams
 
 MARKER_ITEM = "item-marker-7f3a9c"

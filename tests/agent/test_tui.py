@@ -10,23 +10,22 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, ProgressBar
 
 from agent.settings import Settings
-from agent.store.database import ProfileStore, profile_files
+from agent.store.files import profile_files
+from agent.store.profile_store import ProfileStore
 from agent.tui.app import PersonaApp
-from agent.tui.screens import (
-    ConfirmScreen,
-    OnboardingScreen,
-    PassphraseScreen,
-    ProfileScreen,
-    SuggestionsScreen,
-    SyncScreen,
-    WhyScreen,
-)
+from agent.tui.screens.modals import ConfirmScreen, PassphraseScreen
+from agent.tui.screens.onboarding import OnboardingScreen
+from agent.tui.screens.profile import ProfileScreen
+from agent.tui.screens.suggestions import SuggestionsScreen
+from agent.tui.screens.sync import SyncScreen
+from agent.tui.screens.why import WhyScreen
 
 pytestmark = [pytest.mark.usefixtures("warm_embedding_cache")]
 SIZE = (100, 30)
@@ -188,6 +187,10 @@ async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() 
                 "sigma": 0.9,
                 "cohort": 25,
                 "epsilon": 1.5,
+                "status": "done",
+                "released": True,
+                "noise_multiplier": 6.0,  # ε 0.594 at δ 1e-5
+                "delta": 1e-5,
             }
         )
     app = PersonaApp(settings=no_training())
@@ -196,12 +199,39 @@ async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() 
         await pilot.press("y")
         await wait_for(pilot, lambda: isinstance(app.screen, SyncScreen) and has(app, "#ledger"))
         status = str(app.screen.query_one("#sync-status").render())
-        assert "Coordinator not configured" in status and "ε so far 1.5" in status
+        assert "Coordinator not configured" in status and "1 rounds" in status
+        budget = app.screen.query_one("#privacy-budget")
+        await wait_for(pilot, lambda: "ε this year is 0.594 of your budget 8 " in str(budget.render()))
         ledger = app.screen.query_one("#ledger", DataTable)
         assert ledger.row_count == 1 and str(ledger.get_row_at(0)[1]) == "7"
         await pilot.press("n")  # sync now: a warning, not a crash
         await pilot.pause()
         assert isinstance(app.screen, SyncScreen)
+
+
+@pytest.mark.asyncio
+async def test_sync_now_runs_the_sync_seam_in_a_worker_and_fills_the_progress_bar() -> None:
+    seed(*ANIMATED)
+    calls: list[str | None] = []
+
+    def fake_sync(
+        store: ProfileStore, progress: Callable[[float, str], None], *, passphrase: str | None = None
+    ) -> dict[str, Any]:
+        calls.append(passphrase)
+        progress(0.5, "half way")
+        progress(1.0, "done")
+        return {"version": 2}
+
+    app = PersonaApp(settings=no_training(), sync=fake_sync, coordinator=lambda: "http://coordinator.test")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: isinstance(app.screen, SyncScreen) and has(app, "#sync-progress"))
+        status = str(app.screen.query_one("#sync-status").render())
+        assert "Coordinator: http://coordinator.test (press n to sync now)" in status
+        await pilot.press("n")
+        await wait_for(pilot, lambda: app.screen.query_one("#sync-progress", ProgressBar).progress == 100.0)
+    assert calls == [None]
 
 
 @pytest.mark.asyncio

@@ -7,14 +7,13 @@ import itertools
 import numpy as np
 import pytest
 
+from models.evaluation.stats import fit_logistic, logistic_scores
 from models.privacy.attackers import (
     AttackerConfig,
     age_group,
     attack,
     auc,
     bootstrap_interval,
-    fit_logistic,
-    logistic_scores,
     stratified_folds,
     target_auc,
 )

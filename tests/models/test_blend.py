@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from agent.paths import cache_dir
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import FederatedConfig, evaluate_two_stage
 from models.data.movielens import load_ml100k
-from models.fm.blend import RerankedList, blend, fm_auc, pick_weight, weight_curve, zscore
 from models.data.split import make_loo_split
+from models.experiments.evaluate import evaluate_two_stage
+from models.firststage.recipe import FederatedConfig
+from models.fm.blend import RerankedList, blend, fm_auc, pick_weight, weight_curve, zscore
+from models.text.encoder import ItemEncoder, embed_catalog
 
 
 def test_zscore_and_blend() -> None:
@@ -26,7 +27,8 @@ def test_rank_of_the_positive_after_blending() -> None:
     )
     assert lst.rank(0.0) == 1
     assert lst.rank(2.0) == 0
-    outside = RerankedList(top=np.array([3, 4]), first=np.ones(2), fm=np.ones(2), positive_first_rank=17)
+    ones = np.ones(2, dtype=np.float32)
+    outside = RerankedList(top=np.array([3, 4]), first=ones, fm=ones, positive_first_rank=17)
     assert outside.rank(5.0) == 17  # not in the top K: the second stage cannot move it
     weight, metrics = pick_weight([lst, outside], weights=(0.0, 2.0))
     assert weight == 2.0 and metrics["HR@10"] == 0.5

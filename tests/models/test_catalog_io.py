@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.data.catalog import Catalog
 from models.data.catalog_io import (
     DISLIKE_RATING,
     LIKE_RATING,
@@ -18,7 +19,6 @@ from models.data.catalog_io import (
     read_interactions,
     write_catalog_jsonl,
 )
-from models.data.catalog import Catalog
 from models.errors import ImportFormatError
 
 

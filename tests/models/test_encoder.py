@@ -20,6 +20,7 @@ import pytest
 from numpy.typing import NDArray
 
 from models.data.catalog import Catalog
+from models.errors import AssetError
 from models.text.encoder import (
     EMBEDDING_DIM,
     MANIFEST_FILE,
@@ -32,7 +33,6 @@ from models.text.encoder import (
     encoder_ready,
 )
 from models.text.export import find_model_folder, prepare_encoder
-from models.errors import AssetError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from agent.paths import cache_dir
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import FederatedConfig, metrics_for, popularity_model, scorer_model, train_federated
-from models.firststage.federated import FedAdam, FederatedState, WeightedMeanAggregator, run_round
 from models.data.movielens import load_ml100k
-from models.firststage.scorer import FloatArray, IntArray, PrivateParams, SharedParams
 from models.data.split import Split, make_loo_split
+from models.evaluation.protocols import metrics_for
+from models.federation import FedAdam, WeightedMeanAggregator
+from models.firststage.federated import FederatedState, run_round
+from models.firststage.fit import popularity_model, scorer_model, train_federated
+from models.firststage.recipe import FederatedConfig
+from models.firststage.scorer import PrivateParams, SharedParams
+from models.text.encoder import ItemEncoder, embed_catalog
+from models.types import FloatArray, IntArray
 
 
 def test_weighted_mean_aggregator() -> None:
@@ -19,7 +23,9 @@ def test_weighted_mean_aggregator() -> None:
     agg.begin_round(0, 3)
     agg.submit(1, np.array([1.0, 0.0, 2.0], dtype=np.float32), 1.0)
     agg.submit(2, np.array([4.0, 3.0, -1.0], dtype=np.float32), 2.0)
-    np.testing.assert_allclose(agg.finish(), [3.0, 2.0, 0.0])
+    mean = agg.finish()
+    assert mean is not None
+    np.testing.assert_allclose(mean, np.array([3.0, 2.0, 0.0]))
     agg.begin_round(1, 3)
     assert agg.finish() is None
     agg.begin_round(2, 3)

@@ -7,14 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from models.data.catalog import Dataset
-from models.fm.assets import gguf_path, torch_dir
-from models.fm.serving import FoundationModel
-from models.fm.lora import LoraWeights, default_private_spec, default_shared_spec, export_gguf, verify_gguf
 from models.data.movielens import load_ml100k
-from models.fm.prompts import PromptBuilder
 from models.data.split import make_loo_split
+from models.fm.assets import gguf_path, torch_dir
+from models.fm.lora import (
+    LoraWeights,
+    default_private_spec,
+    default_shared_spec,
+    export_gguf,
+    load_weights,
+    save_weights,
+    verify_gguf,
+)
+from models.fm.prompts import PromptBuilder
+from models.fm.serving import FoundationModel
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +109,6 @@ def test_adapter_export_load_and_scale(
 
 
 def test_lora_vectors_and_files_round_trip(tmp_path: Path) -> None:
-    from models.fm.lora import load_weights, save_weights
-
     shapes = {"q_proj": (1024, 640), "v_proj": (256, 640)}
     shared, private = _random_adapters(shapes)
     # FFA: only B travels, so the shared vector is half of a LoRA's numbers
@@ -138,9 +145,7 @@ def test_torch_and_llama_cpp_agree_on_50_candidates(
     The adapters are trained on one user's next-item pairs until their scores spread well beyond llama.cpp's
     batching noise (~0.2 logit); the untrained base model's margins span only ~0.6 logit, too little to rank by.
     """
-    from scipy.stats import spearmanr
-
-    from models.fm.torch_model import TorchFM
+    from models.fm.torch_model import TorchFM  # torch: loaded by the torch tests only
 
     torch_fm = TorchFM(threads=2)
     shared = LoraWeights.init(default_shared_spec(), torch_fm.shapes())
@@ -156,10 +161,10 @@ def test_torch_and_llama_cpp_agree_on_50_candidates(
         prefix = builder.prefix(train[:position])
         prompts += [prefix + builder.suffix(train[position]), prefix + builder.suffix(int(rng.choice(outside)))]
         labels += [1, 0]
-    torch_fm.train_pairs("private", prompts, labels, builder.answers, lr=1e-2, epochs=4)
+    torch_fm.train_pairs("private", prompts, labels, builder.answers, lr=1e-2, epochs=8)
     private = torch_fm.read("private", private)
     prefix, suffixes = user_prompt
-    torch_scores = torch_fm.scores([prefix + s for s in suffixes], builder.answers)
+    torch_scores = torch_fm.score(prefix, suffixes, builder.answers)
     export_gguf(shared, tmp_path / "shared.gguf")
     export_gguf(private, tmp_path / "private.gguf")
     with FoundationModel(gguf_path(), n_threads=2) as served:
@@ -180,6 +185,7 @@ def test_cached_top_layers_give_the_full_forward_and_train(
 ) -> None:
     """Rerunning only the top layers from their cached input reproduces the full forward pass, and training an
     adapter on those layers from the cache moves its loss (the private adapter's fast path)."""
+    # torch: loaded by the torch tests only
     import torch
 
     from models.fm.torch_model import TorchFM

@@ -7,12 +7,18 @@ import pytest
 
 from agent.paths import cache_dir
 from models.data.catalog import Dataset
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import COLDSTART_KS, FederatedConfig, evaluate_coldstart, metrics_for, train_federated
 from models.data.movielens import load_ml100k
-from models.experiments.persona import PersonaConfig, agent_pairs, candidates_for, evaluate_persona, evaluate_persona_coldstart
-from models.fm.blend import BLEND_WEIGHTS
 from models.data.split import Split, make_loo_split
+from models.evaluation.protocols import COLDSTART_KS, metrics_for
+from models.experiments.evaluate import evaluate_coldstart
+from models.experiments.persona import PersonaConfig, evaluate_persona
+from models.experiments.persona_coldstart import evaluate_persona_coldstart
+from models.experiments.persona_rerank import candidates_for
+from models.firststage.fit import train_federated
+from models.firststage.recipe import FederatedConfig
+from models.fm.adapter_training import AdapterConfig, agent_pairs
+from models.fm.blend import BLEND_WEIGHTS
+from models.text.encoder import ItemEncoder, embed_catalog
 
 
 def test_agent_pairs_come_from_the_agents_own_training_items() -> None:
@@ -29,6 +35,11 @@ def test_agent_pairs_come_from_the_agents_own_training_items() -> None:
     assert positives[0][0] == [5, 9, 2, 7]
     # negatives: the first stage's best items outside the training set (0, 1, 4 here), never a training item
     assert set(negatives) <= {0, 1, 4}
+
+
+def test_the_evaluation_measures_the_recipe_every_agent_runs() -> None:
+    assert PersonaConfig().adapters() == AdapterConfig()
+    assert PersonaConfig(private_epochs=2, seed=3).adapters() == AdapterConfig(private_epochs=2, seed=3)
 
 
 def test_full_protocol_candidates_exclude_training_and_valid_items() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.firststage.recipe import TrainConfig
 from models.firststage.scorer import (
     FirstStageScorer,
     PrivateParams,
@@ -16,7 +17,7 @@ from models.firststage.scorer import (
     save_params,
     save_private,
 )
-from models.firststage.training import TrainConfig, local_train
+from models.firststage.training import _FirstStageModule, local_train, sequence_examples
 
 
 def _params(n_items: int = 12, dim: int = 4) -> tuple[SharedParams, np.ndarray]:
@@ -98,8 +99,22 @@ def test_params_file_round_trip(tmp_path: Path) -> None:
 
 
 def test_sequence_examples_are_the_items_before_each_position() -> None:
-    from models.firststage.training import sequence_examples
-
     hist, targets = sequence_examples(np.array([5, 6, 7, 8], dtype=np.int64), window=3, pad=99)
     np.testing.assert_array_equal(targets, [5, 6, 7, 8])
     np.testing.assert_array_equal(hist, [[99, 99, 99], [99, 99, 5], [99, 5, 6], [5, 6, 7]])
+
+
+def test_torch_twin_scores_like_the_numpy_scorer() -> None:
+    """Training differentiates a torch copy of the score formula; it must give the numpy scorer's scores."""
+    shared, text = _params()
+    shared.position_logits[:] = np.linspace(-1.0, 1.0, shared.window, dtype=np.float32)
+    private = PrivateParams(user_vector=np.array([0.1, -0.2, 0.3, 0.05], dtype=np.float32))
+    scorer = FirstStageScorer(shared, text)
+    seq = np.array([3, 1, 4, 9, 2, 6, 5], dtype=np.int64)
+    hist, _ = sequence_examples(seq, shared.window, shared.n_items)
+    module = _FirstStageModule(shared, private.user_vector[None, :], torch.from_numpy(text))
+    cand = torch.arange(shared.n_items)[None, :].expand(len(seq), -1)
+    with torch.no_grad():
+        twin = module(torch.zeros(len(seq), dtype=torch.long), torch.from_numpy(hist), cand).numpy()
+    for t in range(len(seq)):
+        np.testing.assert_allclose(twin[t], scorer.score_all(seq[:t], private), rtol=1e-4, atol=1e-5)

@@ -11,11 +11,12 @@ import torch
 
 from models.assets import require_ml100k
 from models.data.catalog import Dataset
-from models.errors import SplitError
 from models.data.movielens import load_ml100k
-from models.firststage.scorer import PrivateParams, SharedParams
 from models.data.split import Split, make_loo_split, read_split, split_sha256, write_split
-from models.firststage.training import TrainConfig, local_train
+from models.errors import SplitError
+from models.firststage.recipe import TrainConfig
+from models.firststage.scorer import PrivateParams, SharedParams
+from models.firststage.training import local_train
 
 
 @pytest.fixture(scope="module")

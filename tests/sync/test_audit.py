@@ -1,5 +1,6 @@
-"""The audit's mechanics (sync.simulation.audit), the personality-aware weight factor (sync.protocol.privacy) and the leakage-aware
-objective (models.privacy.leakage + the local_train penalty hook), on real ML-100K users and the real masking code."""
+"""The audit's mechanics (sync.simulation), the personality-aware weight factor (sync.protocol.privacy) and the
+leakage-aware objective (models.privacy.leakage + the local_train penalty hook), on real ML-100K users and the real
+masking code."""
 
 from __future__ import annotations
 
@@ -10,30 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.privacy.attackers import AttackerConfig, attribute_labels
-from models.text.encoder import ItemEncoder, embed_catalog
-from models.evaluation.protocols import FederatedConfig
-from models.privacy.leakage import LeakageObjective, fit_probe, holdout_rank, local_quality
 from models.data.movielens import load_ml100k
-from models.firststage.scorer import PrivateParams, SharedParams
 from models.data.split import make_loo_split
-from models.firststage.training import TrainConfig, local_train
-from sync.protocol import secagg
-from sync.simulation.audit import (
-    MECHANISMS,
-    AuditConfig,
-    Federation,
-    audit_setting,
-    compute_views,
-    contribution,
-    masked_uploads,
-    mean_delta,
-    min_survivors,
-    round_quantization,
-    setting_epsilon,
-    train_setting,
-)
+from models.firststage.recipe import FederatedConfig, TrainConfig
+from models.firststage.scorer import PrivateParams, SharedParams
+from models.firststage.training import local_train
+from models.privacy.attackers import AttackerConfig, attribute_labels
+from models.privacy.leakage import LeakageObjective, fit_probe, holdout_rank, local_quality
+from models.text.encoder import ItemEncoder, embed_catalog
+from sync.protocol import rules, secagg
+from sync.protocol.masking import prg_mask
 from sync.protocol.privacy import PrivacyParams, personality_factor, prepare_contribution
+from sync.simulation.audit import audit_setting, setting_epsilon
+from sync.simulation.federation import MECHANISMS, AuditConfig, Federation, contribution, mean_delta, train_setting
+from sync.simulation.views import compute_views, masked_uploads
 
 PRIVACY = PrivacyParams(clip=0.5, sigma=0.5, weight_cap=128.0)
 SGD = TrainConfig(n_negatives=100, batch_size=64, lr=1.0, epochs=1, private_lr=0.05, optimizer="sgd")
@@ -59,7 +50,7 @@ def test_factor_only_shrinks_the_contribution() -> None:
     seeded = [
         prepare_contribution(delta, 5, PRIVACY, noise_divisor=4, rng=np.random.default_rng(0)).vector for _ in range(2)
     ]
-    assert np.array_equal(*seeded)
+    assert np.array_equal(seeded[0], seeded[1])
 
 
 def test_personality_factor_is_a_weight_in_the_unit_interval() -> None:
@@ -73,8 +64,9 @@ def test_personality_factor_is_a_weight_in_the_unit_interval() -> None:
 def test_masked_uploads_are_the_real_protocol_and_unmask_to_the_exact_sum() -> None:
     rng = np.random.default_rng(0)
     n, size = 12, 40
-    survivors = min_survivors(n, AuditConfig(privacy=PRIVACY, cohort=n))
-    q = round_quantization(n, PRIVACY, survivors)
+    config = AuditConfig(privacy=PRIVACY, cohort=n)
+    survivors = config.min_survivors(n)
+    q = config.quantization(n)
     vectors = [
         prepare_contribution(rng.normal(size=size - 1), 50, PRIVACY, noise_divisor=survivors, rng=rng).vector
         for _ in range(n)
@@ -104,12 +96,12 @@ def test_masked_uploads_minus_the_self_masks_give_the_exact_quantized_sum(monkey
     monkeypatch.setattr(secagg.AgentSession, "masked_input", spy)
     rng = np.random.default_rng(1)
     n, size = 10, 30
-    q = round_quantization(n, PRIVACY, n)
+    q = rules.round_quantization(n, clip=PRIVACY.clip, sigma=PRIVACY.sigma, survivors=n)
     vectors = [rng.uniform(-0.3, 0.3, size=size) for _ in range(n)]
     uploads = masked_uploads(vectors, q, n, round_id=1)
     total = np.zeros(size, dtype=np.int64)
     for upload, seed in zip(uploads, seeds, strict=True):
-        total = total + upload.astype(np.int64) - secagg.prg_mask(seed, size, q.bits).astype(np.int64)
+        total = total + upload.astype(np.int64) - prg_mask(seed, size, q.bits).astype(np.int64)
     recovered = q.decode_sum((total % (1 << q.bits)).astype(np.uint32))
     assert np.array_equal(recovered, np.sum([q.integers(v) for v in vectors], axis=0))
 

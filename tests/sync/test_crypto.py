@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sync.protocol import secagg, shamir
 from sync.errors import ProtocolError
+from sync.protocol import secagg, shamir
 from sync.protocol.masking import Quantization, add_prg_mask, pack, prg_mask, unpack
 from sync.protocol.privacy import PrivacyParams, clip, epsilon, prepare_contribution, weighted_mean
 
@@ -120,7 +120,8 @@ def test_clipping_weighting_and_noise_bound_the_contribution() -> None:
     assert c.vector[-1] == pytest.approx(0.5)
     noisy = prepare_contribution(np.zeros(20000), 1000, PrivacyParams(clip=2.0, sigma=1.0), noise_divisor=25)
     assert np.std(noisy.vector[:-1]) == pytest.approx(2.0 / 5, rel=0.05)
-    assert np.allclose(weighted_mean(np.concatenate([c.vector[:-1] * 3, [c.vector[-1] * 3]]), 1.0), clipped, atol=1e-6)
+    mean = weighted_mean(np.concatenate([c.vector[:-1] * 3, [c.vector[-1] * 3]]), 1.0)
+    assert mean is not None and np.allclose(mean, clipped, atol=1e-6)
 
 
 def test_accountant_is_monotone_in_rounds_and_in_noise() -> None:

@@ -16,12 +16,26 @@ import httpx
 import numpy as np
 import pytest
 
-from sync.client.http_client import AgentClient, Identity, RoundResult, StageWatcher
+from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.identity import Identity
 from sync.coordinator.config import CoordinatorConfig
+from sync.coordinator.local import serve_in_thread
 from sync.coordinator.service import Coordinator
 from sync.errors import CoordinatorError, RoundAbandoned
-from sync.coordinator.local import serve_in_thread
-from sync.protocol.wire import API, b64e, request_message
+from sync.protocol import secagg
+from sync.protocol.privacy import PrivacyParams, prepare_contribution
+from sync.protocol.wire import (
+    API,
+    advertise_body,
+    b64d,
+    b64d_map,
+    b64e,
+    b64e_map,
+    peer_keys_from_json,
+    request_message,
+    setup_from_json,
+    unmask_body,
+)
 
 SIZE = 400
 
@@ -91,7 +105,7 @@ def test_unmasked_sum_is_exactly_the_survivors_quantized_contributions(
     info = coordinator.round_info(done[0].round_id)
     assert info["outcome"]["survivors"] == 50 - drop and info["outcome"]["published_version"] == 1
     for table in ("shares", "reveals"):  # an unmasked round keeps none of its key shares
-        assert coordinator.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+        assert coordinator.state.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("served", [{"min_cohort": 5, "target_cohort": 6, "masked_input_s": 4.0}], indirect=True)
@@ -101,8 +115,8 @@ def test_round_below_threshold_is_abandoned_and_never_unmasked(served: tuple[Coo
     assert all(isinstance(r, RoundAbandoned) for r in results[2:]), results
     info = coordinator.round_info(0)
     assert info["stage"] == "abandoned" and "masked inputs" in info["outcome"]["abandoned"]
-    assert coordinator.db.execute("SELECT COUNT(*) FROM reveals").fetchone()[0] == 0
-    assert coordinator.db.execute("SELECT COUNT(*) FROM sums").fetchone()[0] == 0
+    assert coordinator.state.db.execute("SELECT COUNT(*) FROM reveals").fetchone()[0] == 0
+    assert coordinator.state.db.execute("SELECT COUNT(*) FROM sums").fetchone()[0] == 0
     assert coordinator.latest().version == 0
     assert httpx.get(f"{url}{API}/rounds/0/aggregate").json()["error"] == "not_unmasked"
 
@@ -187,36 +201,28 @@ def test_bad_input_is_refused_with_a_reason_and_the_round_goes_on(served: tuple[
 
 async def _manual_agent(client: AgentClient, delta: np.ndarray[Any, Any]) -> list[tuple[int, str]]:
     """One agent driven step by step, sending bad requests at the masked-input stage between good ones."""
-    from sync.protocol import secagg
-    from sync.client.http_client import _setup_from
-    from sync.protocol.privacy import PrivacyParams, prepare_contribution
-    from sync.protocol.wire import b64d
-
     refusals: list[tuple[int, str]] = []
     watcher = StageWatcher(client.http)
     deadline = time.monotonic() + 60
     session = secagg.AgentSession(client.identity.agent_id, client.identity.key, 0)
     c_pk, s_pk, sig = session.advertise()
     await client.request(
-        "POST", f"{API}/rounds/0/advertise", json_body={"c_pk": b64e(c_pk), "s_pk": b64e(s_pk), "signature": b64e(sig)}
+        "POST", f"{API}/rounds/0/advertise", json_body=advertise_body(c_pk, s_pk, sig)
     )
     await watcher.wait(0, "share_keys", deadline)
     doc = (await client.request("GET", f"{API}/rounds/0/setup")).json()
-    setup = _setup_from(doc)
-    peers = [
-        secagg.PeerKeys(p["agent_id"], b64d(p["identity_key"]), b64d(p["c_pk"]), b64d(p["s_pk"]), b64d(p["signature"]))
-        for p in doc["neighbours"]
-    ]
+    setup = setup_from_json(doc, round_id=int(doc["round_id"]), seed=b64d(doc["seed"]))
+    peers = [peer_keys_from_json(p) for p in doc["neighbours"]]
     shares = session.share_keys(setup, peers)
     await client.request(
-        "POST", f"{API}/rounds/0/shares", json_body={"shares": {k: b64e(v) for k, v in shares.items()}}
+        "POST", f"{API}/rounds/0/shares", json_body={"shares": b64e_map(shares)}
     )
     await watcher.wait(0, "masked_input", deadline)
     doc = (await client.request("GET", f"{API}/rounds/0/inbox")).json()
     contribution = prepare_contribution(
         delta, 20.0, PrivacyParams(clip=1.0, sigma=0.5), noise_divisor=setup.min_survivors
     )
-    masked = session.masked_input(doc["u2"], {k: b64d(v) for k, v in doc["shares"].items()}, contribution.vector)
+    masked = session.masked_input(doc["u2"], b64d_map(doc["shares"]), contribution.vector)
     path = f"{API}/rounds/0/input"
 
     async def raw(body: bytes, nonce: int, content_type: str = "application/octet-stream") -> None:
@@ -235,14 +241,7 @@ async def _manual_agent(client: AgentClient, delta: np.ndarray[Any, Any]) -> lis
     client._nonce = base + 10
     doc = (await client.request("GET", f"{API}/rounds/0/survivors")).json()
     b_shares, s_shares = session.unmask(doc["u2"], doc["u3"])
-    await client.request(
-        "POST",
-        f"{API}/rounds/0/unmask",
-        json_body={
-            "self_mask_shares": {k: b64e(v) for k, v in b_shares.items()},
-            "key_shares": {k: b64e(v) for k, v in s_shares.items()},
-        },
-    )
+    await client.request("POST", f"{API}/rounds/0/unmask", json_body=unmask_body(b_shares, s_shares))
     await watcher.wait(0, "done", deadline)
     return refusals
 
@@ -270,12 +269,13 @@ def test_egress_of_a_full_sync_holds_no_history_rating_item_ids_or_private_param
     import torch
 
     from agent.paths import cache_dir
-    from models.text.encoder import ItemEncoder, embed_catalog
     from models.data.movielens import load_ml100k
+    from models.firststage.recipe import TrainConfig
     from models.firststage.scorer import PrivateParams, SharedParams
-    from models.firststage.training import TrainConfig, local_train
-    from sync.client.http_client import run_sync
+    from models.firststage.training import local_train
+    from models.text.encoder import ItemEncoder, embed_catalog
     from sync.client.ledger import JsonlLedger
+    from sync.client.run import run_sync
 
     dataset = load_ml100k()
     vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")

@@ -15,13 +15,23 @@ from typing import Any
 import httpx
 import numpy as np
 
-from sync.protocol import secagg
-from sync.client.http_client import AgentClient, Identity, RoundResult, StageWatcher, _setup_from
+from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.identity import Identity
 from sync.coordinator.config import CoordinatorConfig
-from sync.coordinator.service import Coordinator
 from sync.coordinator.local import coordinator_command, free_port, wait_healthy
+from sync.coordinator.service import Coordinator
+from sync.protocol import secagg
 from sync.protocol.privacy import PrivacyParams, prepare_contribution
-from sync.protocol.wire import API, b64d, b64e
+from sync.protocol.wire import (
+    API,
+    advertise_body,
+    b64d,
+    b64d_map,
+    b64e_map,
+    peer_keys_from_json,
+    setup_from_json,
+    unmask_body,
+)
 
 SIZE = 300
 
@@ -68,24 +78,13 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(tmp_path: Path) -> Non
             assert (await late.request("GET", f"{API}/round", signed=False)).json()["round_id"] == 0
             session = secagg.AgentSession(late.identity.agent_id, late.identity.key, 0)
             c_pk, s_pk, sig = session.advertise()
-            await late.request(
-                "POST",
-                f"{API}/rounds/0/advertise",
-                json_body={"c_pk": b64e(c_pk), "s_pk": b64e(s_pk), "signature": b64e(sig)},
-            )
+            await late.request("POST", f"{API}/rounds/0/advertise", json_body=advertise_body(c_pk, s_pk, sig))
             await watcher.wait(0, "share_keys", deadline)
             doc = (await late.request("GET", f"{API}/rounds/0/setup")).json()
-            setup = _setup_from(doc)
-            peers = [
-                secagg.PeerKeys(
-                    p["agent_id"], b64d(p["identity_key"]), b64d(p["c_pk"]), b64d(p["s_pk"]), b64d(p["signature"])
-                )
-                for p in doc["neighbours"]
-            ]
+            setup = setup_from_json(doc, round_id=int(doc["round_id"]), seed=b64d(doc["seed"]))
+            peers = [peer_keys_from_json(p) for p in doc["neighbours"]]
             shares = session.share_keys(setup, peers)
-            await late.request(
-                "POST", f"{API}/rounds/0/shares", json_body={"shares": {k: b64e(v) for k, v in shares.items()}}
-            )
+            await late.request("POST", f"{API}/rounds/0/shares", json_body={"shares": b64e_map(shares)})
             while (await http.get(f"{API}/rounds/0")).json()["masked_inputs"] < 4:
                 await asyncio.sleep(0.2)
             process.send_signal(signal.SIGKILL)
@@ -96,22 +95,13 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(tmp_path: Path) -> Non
             contribution = prepare_contribution(
                 rng.normal(0, 0.05, SIZE), 30.0, PrivacyParams(), noise_divisor=setup.min_survivors
             )
-            masked = session.masked_input(
-                doc["u2"], {k: b64d(v) for k, v in doc["shares"].items()}, contribution.vector
-            )
+            masked = session.masked_input(doc["u2"], b64d_map(doc["shares"]), contribution.vector)
             await late.request("POST", f"{API}/rounds/0/input", content=masked)
             await watcher.wait(0, "unmask", deadline)
             doc = (await late.request("GET", f"{API}/rounds/0/survivors")).json()
             b_shares, s_shares = session.unmask(doc["u2"], doc["u3"])
-            await late.request(
-                "POST",
-                f"{API}/rounds/0/unmask",
-                json_body={
-                    "self_mask_shares": {k: b64e(v) for k, v in b_shares.items()},
-                    "key_shares": {k: b64e(v) for k, v in s_shares.items()},
-                },
-            )
-            first = list(await asyncio.gather(*tasks, return_exceptions=True))
+            await late.request("POST", f"{API}/rounds/0/unmask", json_body=unmask_body(b_shares, s_shares))
+            first: list[Any] = list(await asyncio.gather(*tasks, return_exceptions=True))
             first.append(contribution)
             # everyone, the late agent included, finishes the next round after the restart
             second = await asyncio.gather(

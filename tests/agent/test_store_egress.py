@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.store.ledger import StoreLedger
-from agent.engine.profile import egress_summary
-from agent.store.database import ProfileStore
+from agent.store.egress import StoreLedger, egress_summary
+from agent.store.profile_store import ProfileStore
 from sync.client.ledger import LedgerEntry
 
 

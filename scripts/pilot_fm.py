@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""The foundation model's go/no-go pilot: its AUC within the first stage's top 20, a likelihood-ratio test that it
+adds to the first stage, the blend's and feature_rerank's ΔNDCG@10 with paired bootstrap intervals, and the verdict.
+
+Usage: .venv/bin/python scripts/pilot_fm.py [--json] [--cohort N] [--rounds N] [--valid-users N] [--test-users N]
+
+The logic is models.experiments.pilot; every sample is seeded (--seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from agent.engine.catalogs import ml100k_with_vectors
+from models.data.split import make_loo_split
+from models.errors import PersonaError
+from models.experiments.pilot import PilotConfig, run_pilot
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    defaults = PilotConfig()
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--cohort", type=int, default=defaults.cohort, help="users the first stage trains on")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds of the first stage")
+    parser.add_argument("--valid-users", type=int, default=defaults.valid_users, help="validation lists the FM scores")
+    parser.add_argument("--test-users", type=int, default=defaults.test_users, help="test lists the FM scores")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples and of training")
+    args = parser.parse_args()
+    if min(args.cohort, args.rounds, args.valid_users, args.test_users) < 1:
+        parser.error("--cohort, --rounds, --valid-users and --test-users take positive numbers")
+    config = PilotConfig(
+        cohort=args.cohort,
+        rounds=args.rounds,
+        valid_users=args.valid_users,
+        test_users=args.test_users,
+        seed=args.seed,
+    )
+    try:
+        dataset, vectors = ml100k_with_vectors()
+        split = make_loo_split(dataset, seed=args.seed)
+
+        def progress(kind: str, info: dict[str, object]) -> None:
+            print(kind, json.dumps(info), file=sys.stderr, flush=True)
+
+        figures = run_pilot(split, vectors, dataset.catalog, config, progress)
+    except PersonaError as error:
+        sys.exit(f"error: {error}")
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()

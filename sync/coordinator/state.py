@@ -1,0 +1,315 @@
+"""The coordinator's state: the SQLite schema and every SQL statement, behind :class:`CoordinatorState`.
+
+One file in WAL mode. Single statements commit on their own; what must be atomic runs in :meth:`transaction`
+(``BEGIN IMMEDIATE``). The round logic (:mod:`sync.coordinator.rounds`) never writes SQL: a PostgreSQL state
+would implement the same methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, last_nonce INTEGER NOT NULL, registered_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY, stage TEXT NOT NULL, deadline REAL NOT NULL, seed BLOB NOT NULL,
+    base_version INTEGER NOT NULL, setup TEXT, u2 TEXT, u3 TEXT, outcome TEXT, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    round_id INTEGER NOT NULL, agent_id TEXT NOT NULL, c_pk BLOB NOT NULL, s_pk BLOB NOT NULL, key_sig BLOB NOT NULL,
+    shared_keys INTEGER NOT NULL DEFAULT 0, sent_input INTEGER NOT NULL DEFAULT 0, unmasked INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (round_id, agent_id));
+CREATE TABLE IF NOT EXISTS shares (
+    round_id INTEGER NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL, ciphertext BLOB NOT NULL,
+    PRIMARY KEY (round_id, sender, recipient));
+CREATE INDEX IF NOT EXISTS shares_by_recipient ON shares (round_id, recipient);
+CREATE TABLE IF NOT EXISTS reveals (
+    round_id INTEGER NOT NULL, holder TEXT NOT NULL, owner TEXT NOT NULL, kind TEXT NOT NULL, share BLOB NOT NULL,
+    PRIMARY KEY (round_id, holder, owner));
+CREATE TABLE IF NOT EXISTS sums (round_id INTEGER PRIMARY KEY, total BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS published (
+    version INTEGER PRIMARY KEY, sha256 TEXT NOT NULL, signature BLOB NOT NULL, vector BLOB NOT NULL,
+    round_id INTEGER, created REAL NOT NULL);
+"""
+
+RoundRow = dict[str, Any]
+"""A round's columns by name: round_id, stage, deadline, seed, base_version, setup, u2, u3, outcome, created."""
+
+MEMBER_FLAGS = frozenset({"shared_keys", "sent_input", "unmasked"})
+ROUND_COLUMNS = frozenset({"stage", "deadline", "setup", "u2", "u3", "outcome"})
+
+
+class Member(NamedTuple):
+    """One cohort member of a round: its signed round keys and how far it got."""
+
+    c_pk: bytes
+    s_pk: bytes
+    key_sig: bytes
+    shared_keys: bool
+    sent_input: bool
+    unmasked: bool
+
+
+class Published(NamedTuple):
+    """One published shared vector's metadata."""
+
+    version: int
+    sha256: str
+    signature: bytes
+    round_id: int | None
+
+
+class CoordinatorState:
+    """The SQLite database of one coordinator: meta, agents, rounds, members, shares, reveals, sums, published."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (or create) the database at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Everything written inside commits together, or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _one(self, sql: str, *args: Any) -> Any:
+        return self.db.execute(sql, args).fetchone()
+
+    # -- meta ----------------------------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> bytes | None:
+        """A stored value (the signing key, the server optimizer's moments)."""
+        row = self._one("SELECT value FROM meta WHERE key = ?", key)
+        return None if row is None else bytes(row[0])
+
+    def put_meta(self, key: str, value: bytes) -> None:
+        """Store (or replace) a value."""
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- agents --------------------------------------------------------------------------------------------------
+
+    def agent(self, agent_id: str) -> tuple[bytes, int] | None:
+        """A registered agent's (public key, last nonce)."""
+        row = self._one("SELECT public_key, last_nonce FROM agents WHERE agent_id = ?", agent_id)
+        return None if row is None else (bytes(row[0]), int(row[1]))
+
+    def add_agent(self, agent_id: str, public_key: bytes, nonce: int, registered_at: float) -> None:
+        """Register an agent's key."""
+        self.db.execute(
+            "INSERT INTO agents (agent_id, public_key, last_nonce, registered_at) VALUES (?, ?, ?, ?)",
+            (agent_id, public_key, nonce, registered_at),
+        )
+
+    def set_nonce(self, agent_id: str, nonce: int) -> None:
+        """Consume a nonce of the agent."""
+        self.db.execute("UPDATE agents SET last_nonce = ? WHERE agent_id = ?", (nonce, agent_id))
+
+    # -- published vectors ---------------------------------------------------------------------------------------
+
+    def latest_published(self) -> Published | None:
+        """The newest published version's metadata, None before the first."""
+        row = self._one("SELECT version, sha256, signature, round_id FROM published ORDER BY version DESC LIMIT 1")
+        return None if row is None else Published(int(row[0]), str(row[1]), bytes(row[2]), row[3])
+
+    def latest_vector(self) -> bytes | None:
+        """The newest published vector's bytes, None before the first."""
+        row = self._one("SELECT vector FROM published ORDER BY version DESC LIMIT 1")
+        return None if row is None else bytes(row[0])
+
+    def published_vector(self, version: int) -> bytes | None:
+        """The bytes of one published version."""
+        row = self._one("SELECT vector FROM published WHERE version = ?", version)
+        return None if row is None else bytes(row[0])
+
+    def next_version(self) -> int:
+        """The version number the next publication takes."""
+        return int(self._one("SELECT COALESCE(MAX(version), -1) FROM published")[0]) + 1
+
+    def add_published(self, entry: Published, vector: bytes, created: float) -> None:
+        """Store a published vector (never rewritten)."""
+        self.db.execute(
+            "INSERT INTO published (version, sha256, signature, vector, round_id, created) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.version, entry.sha256, entry.signature, vector, entry.round_id, created),
+        )
+
+    # -- rounds --------------------------------------------------------------------------------------------------
+
+    def _round_row(self, sql: str, *args: Any) -> RoundRow | None:
+        cursor = self.db.cursor()
+        cursor.row_factory = sqlite3.Row
+        row: sqlite3.Row | None = cursor.execute(sql, args).fetchone()
+        return None if row is None else dict(zip(row.keys(), row, strict=True))
+
+    def open_round(self) -> RoundRow | None:
+        """The newest round that is neither done nor abandoned."""
+        return self._round_row(
+            "SELECT * FROM rounds WHERE stage NOT IN ('done', 'abandoned') ORDER BY round_id DESC LIMIT 1"
+        )
+
+    def round(self, round_id: int) -> RoundRow | None:
+        """One round's row (columns by name)."""
+        return self._round_row("SELECT * FROM rounds WHERE round_id = ?", round_id)
+
+    def last_round_id(self) -> int | None:
+        """The newest round's id, None before the first."""
+        last = self._one("SELECT MAX(round_id) FROM rounds")[0]
+        return None if last is None else int(last)
+
+    def add_round(self, round_id: int, deadline: float, seed: bytes, base_version: int, created: float) -> None:
+        """Open a round in the advertise stage."""
+        self.db.execute(
+            "INSERT INTO rounds (round_id, stage, deadline, seed, base_version, created)"
+            " VALUES (?, 'advertise', ?, ?, ?, ?)",
+            (round_id, deadline, seed, base_version, created),
+        )
+
+    def update_round(self, round_id: int, **columns: Any) -> None:
+        """Set columns of a round (stage, deadline, setup, u2, u3, outcome)."""
+        unknown = set(columns) - ROUND_COLUMNS
+        if unknown:
+            raise ValueError(f"not a round column: {', '.join(sorted(unknown))}")
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        self.db.execute(f"UPDATE rounds SET {sets} WHERE round_id = ?", (*columns.values(), round_id))
+
+    # -- members -------------------------------------------------------------------------------------------------
+
+    def member(self, round_id: int, agent_id: str) -> Member | None:
+        """One cohort member, None if the agent is not in the round's cohort."""
+        row = self._one(
+            "SELECT c_pk, s_pk, key_sig, shared_keys, sent_input, unmasked FROM members"
+            " WHERE round_id = ? AND agent_id = ?",
+            round_id,
+            agent_id,
+        )
+        if row is None:
+            return None
+        return Member(bytes(row[0]), bytes(row[1]), bytes(row[2]), bool(row[3]), bool(row[4]), bool(row[5]))
+
+    def add_member(self, round_id: int, agent_id: str, c_pk: bytes, s_pk: bytes, key_sig: bytes) -> None:
+        """Admit an agent to a round's cohort with its signed round keys."""
+        self.db.execute(
+            "INSERT INTO members (round_id, agent_id, c_pk, s_pk, key_sig) VALUES (?, ?, ?, ?, ?)",
+            (round_id, agent_id, c_pk, s_pk, key_sig),
+        )
+
+    def _where(self, flags: dict[str, int]) -> str:
+        unknown = set(flags) - MEMBER_FLAGS
+        if unknown:
+            raise ValueError(f"not a member flag: {', '.join(sorted(unknown))}")
+        return "".join(f" AND {name} = {int(value)}" for name, value in flags.items())
+
+    def member_ids(self, round_id: int, **flags: int) -> list[str]:
+        """The ids of a round's members with these flag values (``shared_keys=1``, ...), sorted."""
+        sql = "SELECT agent_id FROM members WHERE round_id = ?" + self._where(flags)
+        return sorted(str(r[0]) for r in self.db.execute(sql, (round_id,)))
+
+    def count_members(self, round_id: int, **flags: int) -> int:
+        """How many of a round's members have these flag values."""
+        return int(self._one("SELECT COUNT(*) FROM members WHERE round_id = ?" + self._where(flags), round_id)[0])
+
+    def member_counts(self, round_id: int) -> tuple[int, int, int, int]:
+        """(members, of which shared keys, sent inputs, answered the unmask stage)."""
+        row = self._one(
+            "SELECT COUNT(*), SUM(shared_keys), SUM(sent_input), SUM(unmasked) FROM members WHERE round_id = ?",
+            round_id,
+        )
+        return int(row[0]), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)
+
+    def member_keys(self, round_id: int, agent_ids: Sequence[str]) -> dict[str, tuple[bytes, bytes, bytes, bytes]]:
+        """(identity key, c_pk, s_pk, signature) of these members."""
+        found = self.db.execute(
+            "SELECT m.agent_id, a.public_key, m.c_pk, m.s_pk, m.key_sig FROM members m"
+            " JOIN agents a ON a.agent_id = m.agent_id"
+            f" WHERE m.round_id = ? AND m.agent_id IN ({', '.join('?' * len(agent_ids))})",
+            (round_id, *agent_ids),
+        )
+        return {str(a): (bytes(key), bytes(c_pk), bytes(s_pk), bytes(sig)) for a, key, c_pk, s_pk, sig in found}
+
+    def mask_keys(self, round_id: int) -> dict[str, bytes]:
+        """Every member's public mask key (s_pk)."""
+        found = self.db.execute("SELECT agent_id, s_pk FROM members WHERE round_id = ?", (round_id,))
+        return {str(a): bytes(pk) for a, pk in found}
+
+    # -- shares, inputs, reveals ---------------------------------------------------------------------------------
+
+    def add_shares(self, round_id: int, sender: str, shares: dict[str, bytes]) -> None:
+        """Store a member's encrypted shares and mark it as having shared keys (atomically)."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO shares (round_id, sender, recipient, ciphertext) VALUES (?, ?, ?, ?)",
+                [(round_id, sender, to, blob) for to, blob in shares.items()],
+            )
+            self.db.execute(
+                "UPDATE members SET shared_keys = 1 WHERE round_id = ? AND agent_id = ?", (round_id, sender)
+            )
+
+    def all_shared_keys(self, round_id: int) -> bool:
+        """Whether every member of the round has shared keys."""
+        return bool(self._one("SELECT COUNT(*) = SUM(shared_keys) FROM members WHERE round_id = ?", round_id)[0])
+
+    def inbox(self, round_id: int, recipient: str) -> dict[str, bytes]:
+        """The shares addressed to ``recipient`` by members that shared keys, by sender."""
+        found = self.db.execute(
+            "SELECT s.sender, s.ciphertext FROM shares s JOIN members m"
+            " ON m.round_id = s.round_id AND m.agent_id = s.sender"
+            " WHERE s.round_id = ? AND s.recipient = ? AND m.shared_keys = 1",
+            (round_id, recipient),
+        ).fetchall()
+        return {str(s): bytes(c) for s, c in found}
+
+    def running_sum(self, round_id: int) -> bytes | None:
+        """The stored sum of a round's masked inputs (uint32 little-endian)."""
+        row = self._one("SELECT total FROM sums WHERE round_id = ?", round_id)
+        return None if row is None else bytes(row[0])
+
+    def put_sum(self, round_id: int, total: bytes) -> None:
+        """Store (or replace) a round's sum."""
+        self.db.execute("INSERT OR REPLACE INTO sums (round_id, total) VALUES (?, ?)", (round_id, total))
+
+    def delete_sum(self, round_id: int) -> None:
+        """Forget a round's sum."""
+        self.db.execute("DELETE FROM sums WHERE round_id = ?", (round_id,))
+
+    def add_input(self, round_id: int, agent_id: str, total: bytes) -> None:
+        """Store the new running sum and mark the member's input as received (atomically)."""
+        with self.transaction():
+            self.put_sum(round_id, total)
+            self.db.execute(
+                "UPDATE members SET sent_input = 1 WHERE round_id = ? AND agent_id = ?", (round_id, agent_id)
+            )
+
+    def add_reveals(self, round_id: int, holder: str, b_shares: dict[str, bytes], s_shares: dict[str, bytes]) -> None:
+        """Store a survivor's revealed shares and mark it as having answered (atomically)."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO reveals (round_id, holder, owner, kind, share) VALUES (?, ?, ?, ?, ?)",
+                [(round_id, holder, o, "b", s) for o, s in b_shares.items()]
+                + [(round_id, holder, o, "s", s) for o, s in s_shares.items()],
+            )
+            self.db.execute("UPDATE members SET unmasked = 1 WHERE round_id = ? AND agent_id = ?", (round_id, holder))
+
+    def reveals(self, round_id: int) -> list[tuple[str, str, str, bytes]]:
+        """(holder, owner, kind, share) of every revealed share of the round, by holder."""
+        found = self.db.execute(
+            "SELECT holder, owner, kind, share FROM reveals WHERE round_id = ? ORDER BY holder", (round_id,)
+        )
+        return [(str(h), str(o), str(k), bytes(s)) for h, o, k, s in found]
+
+    def forget_shares(self, round_id: int) -> None:
+        """Delete a round's encrypted and revealed shares."""
+        self.db.execute("DELETE FROM shares WHERE round_id = ?", (round_id,))
+        self.db.execute("DELETE FROM reveals WHERE round_id = ?", (round_id,))

@@ -1,0 +1,1 @@
+"""Tests of sync; mirrors the packages."""
