@@ -23,7 +23,7 @@ Example ``config.toml`` (every field is optional)::
     [rerank]                  # the second stage: the language model rescores the first stage's top k
     enabled = true
     k = 20
-    weight = 0.5              # final = z(first stage) + weight · z(language model), over the top k;
+    # weight = 0.5            # final = z(first stage) + weight · z(language model), over the top k;
                               # unset: the measured weight (models.fm.measured: 0, the rerank is off)
 
     [sync]                    # when this agent takes part in the federation

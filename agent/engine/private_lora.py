@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.engine.profile import Profile
+from agent.engine.rerank_weight import weight_in_force
 from agent.settings import RerankSettings
 from agent.store.profile_store import ProfileStore
 from agent.store.records import PRIVATE_LORA
@@ -44,6 +45,9 @@ def skip_reason(n_liked: int, rerank: RerankSettings) -> str | None:
         return "the language-model rerank is switched off ([rerank] enabled = false)"
     if n_liked < MIN_LIKED:
         return f"needs at least {MIN_LIKED} liked items (you have {n_liked})"
+    in_force = weight_in_force(rerank)
+    if not in_force.on:
+        return f"{in_force.summary()}: nothing would use the adapter"
     if not gguf_path().is_file():
         return "the foundation model is not prepared (run scripts/setup)"
     try:

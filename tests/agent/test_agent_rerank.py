@@ -58,6 +58,7 @@ def trained_home(tmp_path_factory: pytest.TempPathFactory, _catalog_embeddings: 
     shutil.copytree(_catalog_embeddings, home / "cache" / "embeddings")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PERSONA_HOME", str(home))
+        write_config(home, RERANK_ON)  # with the measured weight, 0, no private LoRA is trained
         seed(*LIKED)
         code, _, stderr = invoke("train")
     assert code == 0, stderr
