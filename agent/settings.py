@@ -10,11 +10,13 @@ where the folders are computed, and ``PERSONA_ASSETS``, read by :func:`models.as
     PERSONA_NO_PROGRESS       no progress bars on stderr when it is not a terminal
     PERSONA_SYNC_COHORT, _CLIP, _SIGMA, _WEIGHT_CAP, _MAX_DROPOUT
                               the sync protocol settings (defaults: :mod:`sync.protocol.rules`)
+    PERSONA_SYSTEMD_USER_DIR  where ``agent schedule`` writes its systemd user units (default ~/.config/systemd/user)
+    PERSONA_LAUNCHD_DIR       where it writes its launchd agent on macOS (default ~/Library/LaunchAgents)
 
 Example ``config.toml`` (every field is optional)::
 
     suggestions = 15          # rows on the Suggestions screen
-    query_weight = 1.0        # pull of the query box on the user state
+    query_weight = 0.25       # pull of the query box on the user state (validation's pick, README)
 
     [keys]                    # binding id = "key[,key...]" (the ids are listed in the README)
     "suggestions.like" = "l,+"
@@ -28,6 +30,15 @@ Example ``config.toml`` (every field is optional)::
 
     [sync]                    # when this agent takes part in the federation
     epsilon_budget = 8.0      # ε it spends at most per rolling 365 days (δ 1e-5); inf: no limit
+    # coordinator_fingerprint = "sha256:…"   # pin the https coordinator's certificate (what its serve prints)
+    # coordinator_ca_file = "/path/ca.pem"   # or trust this CA instead of the system trust store
+    # insecure_http = false   # true: allow plain http:// to a coordinator on another machine
+
+    [schedule]                # when a scheduled sync (`agent sync --if-eligible`) may take part
+    require_ac = true         # only on AC power (an unknown power source counts as AC)
+    metered = false           # set true on a metered network: scheduled syncs then skip (nothing detects it)
+    min_days_between = 7.0    # at most one participation per this many days
+    max_load_per_core = 0.5   # "idle": the 1-minute load average per core below this (inf: no check)
 """
 
 from __future__ import annotations
@@ -40,13 +51,18 @@ from typing import Any
 
 from agent import paths
 from agent.errors import ProfileError
+from models.firststage.scorer import QUERY_WEIGHT
 from sync.protocol import rules
+from sync.protocol.certs import parse_fingerprint
 
 CONFIG_NAME = "config.toml"
 PASSPHRASE_ENV = "PERSONA_PASSPHRASE"
 COORDINATOR_ENV = "PERSONA_COORDINATOR_URL"
 NO_PROGRESS_ENV = "PERSONA_NO_PROGRESS"
 SYNC_ENV_PREFIX = "PERSONA_SYNC_"
+SYSTEMD_DIR_ENV = "PERSONA_SYSTEMD_USER_DIR"
+LAUNCHD_DIR_ENV = "PERSONA_LAUNCHD_DIR"
+ASSETS_ENV = "PERSONA_ASSETS"
 
 
 def passphrase_from_env() -> str | None:
@@ -57,6 +73,25 @@ def passphrase_from_env() -> str | None:
 def coordinator_url_from_env() -> str | None:
     """``PERSONA_COORDINATOR_URL``, or None when it is unset or empty."""
     return os.environ.get(COORDINATOR_ENV) or None
+
+
+def scheduler_dir_from_env(kind: str) -> Path | None:
+    """Where ``agent schedule`` writes its units when overridden: ``PERSONA_SYSTEMD_USER_DIR`` (``kind``
+    "systemd") or ``PERSONA_LAUNCHD_DIR`` ("launchd"); None when unset or empty (the real folder is used)."""
+    raw = os.environ.get(SYSTEMD_DIR_ENV if kind == "systemd" else LAUNCHD_DIR_ENV)
+    return Path(raw).expanduser() if raw else None
+
+
+def scheduled_run_environment() -> dict[str, str]:
+    """The ``PERSONA_*`` variables a scheduled sync must see to work on the same profile as this shell:
+    ``PERSONA_HOME``, ``PERSONA_ASSETS``, ``PERSONA_COORDINATOR_URL`` and ``PERSONA_SYNC_*`` when set. Never the
+    passphrase: an encrypted profile cannot be synced unattended."""
+    names = (paths.HOME_ENV, ASSETS_ENV, COORDINATOR_ENV)
+    return {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if value and (name in names or name.startswith(SYNC_ENV_PREFIX))
+    }
 
 
 def progress_bars_off() -> bool:
@@ -115,6 +150,28 @@ class SyncPreferences:
     epsilon_budget: float = rules.SYNC_EPSILON_BUDGET
     """ε this agent spends at most over any 365 days; a sync that would exceed it does not take part (README,
     "Privacy budget per year"). ``inf`` removes the limit."""
+    coordinator_fingerprint: str = ""
+    """The https coordinator's certificate, pinned: ``sha256:`` + 64 hex digits (stored canonical); "" trusts the
+    system trust store (or ``coordinator_ca_file``)."""
+    coordinator_ca_file: str = ""
+    """A PEM file of CA certificates to verify the coordinator with instead of the system trust store."""
+    insecure_http: bool = False
+    """Allow plain ``http://`` to a coordinator that is not on this machine (``agent sync --insecure-http``)."""
+
+
+@dataclass(frozen=True)
+class SchedulePreferences:
+    """The ``[schedule]`` table: when a scheduled sync (``agent sync --if-eligible``) may take part
+    (:mod:`agent.engine.eligibility`)."""
+
+    require_ac: bool = True
+    """Take part only on AC power (a machine whose power source cannot be read counts as on AC)."""
+    metered: bool = False
+    """The person says the network is metered: scheduled syncs skip. Nothing detects a metered network portably."""
+    min_days_between: float = 7.0
+    """At most one participation per this many days, counted from the ledger's last one."""
+    max_load_per_core: float = 0.5
+    """The machine counts as idle when its 1-minute load average per core is below this; ``inf`` turns it off."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +180,7 @@ class Settings:
 
     suggestions: int = 20
     """How many suggestions the Suggestions screen lists."""
-    query_weight: float = 1.0
+    query_weight: float = QUERY_WEIGHT
     """How strongly the query box pulls the user state toward the query's text (relative to the state's norm)."""
     retrain_after_feedback: bool = True
     """Retrain the private adapter (in a worker process) after each like or dislike in the TUI."""
@@ -135,6 +192,8 @@ class Settings:
     """The ``[rerank]`` table (:class:`RerankSettings`)."""
     sync: SyncPreferences = field(default_factory=SyncPreferences)
     """The ``[sync]`` table (:class:`SyncPreferences`)."""
+    schedule: SchedulePreferences = field(default_factory=SchedulePreferences)
+    """The ``[schedule]`` table (:class:`SchedulePreferences`)."""
 
 
 def config_path() -> Path:
@@ -164,6 +223,9 @@ def load_settings(path: Path | None = None) -> Settings:
             continue
         if name == "sync":
             values[name] = _sync_preferences(value, path)
+            continue
+        if name == "schedule":
+            values[name] = _schedule_preferences(value, path)
             continue
         default = getattr(Settings(), name)
         expected = type(default)
@@ -211,10 +273,12 @@ def _rerank_settings(raw: object, path: Path) -> RerankSettings:
 
 
 def _sync_preferences(raw: object, path: Path) -> SyncPreferences:
-    """The ``[sync]`` table: ``epsilon_budget``, a number > 0."""
-    if not isinstance(raw, dict) or set(raw) - {"epsilon_budget"}:
+    """The ``[sync]`` table: ``epsilon_budget`` (a number > 0), ``coordinator_fingerprint`` (a SHA-256 certificate
+    fingerprint), ``coordinator_ca_file`` (a path) and ``insecure_http`` (a boolean)."""
+    known = {f.name for f in fields(SyncPreferences)}
+    if not isinstance(raw, dict) or set(raw) - known:
         raise ProfileError(
-            f"sync in {path} must be a table with only epsilon_budget, not {raw!r}.",
+            f"sync in {path} must be a table with only {', '.join(sorted(known))}, not {raw!r}.",
             hint="Write it as [sync] then epsilon_budget = 8.0 (or inf for no limit).",
         )
     budget = raw.get("epsilon_budget", SyncPreferences().epsilon_budget)
@@ -223,7 +287,46 @@ def _sync_preferences(raw: object, path: Path) -> SyncPreferences:
             f"sync.epsilon_budget in {path} must be a number > 0, not {budget!r}.",
             hint="ε per 365 days; the default is 8, inf removes the limit.",
         )
-    return SyncPreferences(epsilon_budget=float(budget))
+    pin = raw.get("coordinator_fingerprint", "")
+    try:
+        pin = parse_fingerprint(pin) if isinstance(pin, str) and pin.strip() else pin
+    except ValueError as error:
+        raise ProfileError(f"sync.coordinator_fingerprint in {path}: {error}.") from error
+    ca_file = raw.get("coordinator_ca_file", "")
+    insecure = raw.get("insecure_http", False)
+    if not isinstance(pin, str) or not isinstance(ca_file, str) or not isinstance(insecure, bool):
+        raise ProfileError(
+            f"[sync] in {path}: coordinator_fingerprint and coordinator_ca_file are strings, insecure_http is true "
+            "or false.",
+            hint='e.g. coordinator_fingerprint = "sha256:…" as printed by `agent-coordinator serve`.',
+        )
+    return SyncPreferences(
+        epsilon_budget=float(budget),
+        coordinator_fingerprint=pin.strip(),
+        coordinator_ca_file=str(Path(ca_file).expanduser()) if ca_file.strip() else "",
+        insecure_http=insecure,
+    )
+
+
+def _schedule_preferences(raw: object, path: Path) -> SchedulePreferences:
+    """The ``[schedule]`` table: two booleans and two numbers ≥ 0 (``max_load_per_core`` may be inf)."""
+    known = {f.name for f in fields(SchedulePreferences)}
+    if not isinstance(raw, dict) or set(raw) - known:
+        raise ProfileError(
+            f"schedule in {path} must be a table with only {', '.join(sorted(known))}, not {raw!r}.",
+            hint="Write it as [schedule] then e.g. require_ac = true and min_days_between = 7.",
+        )
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in ("require_ac", "metered"):
+            if not isinstance(value, bool):
+                raise ProfileError(f"schedule.{name} in {path} must be true or false, not {value!r}.")
+            values[name] = value
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+            raise ProfileError(f"schedule.{name} in {path} must be a number ≥ 0, not {value!r}.")
+        else:
+            values[name] = float(value)
+    return SchedulePreferences(**values)
 
 
 def coordinator_url() -> str | None:

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Foundation-model figures: rerank 20/50 candidates (idle and beside a busy process), LoRA training time,
-peak RSS of the serving and training processes, adapter file sizes.
+peak RSS of the serving and training processes, adapter file sizes, and the listwise rerank of 20 (one prompt per
+list: p50/p90 seconds with one and two llama.cpp threads, prompt tokens, torch seconds per training list).
 
-Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N]
+Usage: .venv/bin/python scripts/bench_fm.py [--json] [--users N] [--listwise-only]
 
 Training uses the recipe every agent runs and `agent eval --model persona` measures
 (models.fm.adapter_training.AdapterConfig).
@@ -26,8 +27,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--users", type=int, default=10, help="users whose candidates are reranked (default 10)")
+    parser.add_argument("--listwise-only", action="store_true", help="only the listwise figures (listwise_* keys)")
     args = parser.parse_args()
-    figures = bench_fm(users=args.users)
+    if args.users < 1:
+        parser.error("--users takes a positive number")
+    figures = bench_fm(users=args.users, listwise_only=args.listwise_only)
     if args.json:
         print(json.dumps(figures))
     else:

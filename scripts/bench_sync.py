@@ -3,18 +3,30 @@
 
     .venv/bin/python scripts/bench_sync.py --agents 200 --json
 
-The vector is the size of the ML-100K shared first-stage vector (dim 32) unless --size says otherwise; deltas are
-random with a realistic norm. Prints agents, rounds_completed, bytes_up/down_per_agent_round, coordinator_peak_rss_mb,
-round_wall_s and agent_secagg_cpu_s_per_round (per agent).
+The vector is the ML-100K shared first-stage vector θ_g (dim 32) unless --size says otherwise, followed by the
+language model's shared adapter φ_g (--phi-size values, default 61,440; 0: θ_g alone) — one round carries both;
+deltas are random with a realistic norm per part. Prints agents, rounds_completed, bytes_up/down_per_agent_round,
+coordinator_peak_rss_mb, round_wall_s and agent_secagg_cpu_s_per_round (per agent).
+
+--backend sqlite (default: a file in a temporary folder) or postgres (a throwaway PostgreSQL server on 127.0.0.1 from
+the machine's binaries, as the tests start it; synchronous_commit=off, the same durability as SQLite's WAL with
+synchronous=NORMAL). Also prints backend, replicas (1: one coordinator process), db_bytes_written_per_round
+(SQLite: bytes the coordinator process wrote to disk, /proc/PID/io write_bytes, WAL and checkpoints; PostgreSQL: WAL
+bytes generated, pg_current_wal_lsn difference) and stage_s (seconds each stage of a round lasted, from /status).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 # As the agent CLI does (agent/__init__.py), so the figures are the evaluation's: single-threaded BLAS, here and in
@@ -27,7 +39,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx  # noqa: E402
+
 from sync.coordinator.local import coordinator_process  # noqa: E402
+from sync.protocol.rules import SYNC_PHI_SIZE  # noqa: E402
 from sync.simulation.aggregator import SecureAggregator  # noqa: E402
 
 ML100K_SHARED_SIZE = 384 * 32 + 1682 * 32 + 1682 + 50
@@ -41,19 +56,97 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+BENCH_POSTGRES_SETTINGS = {"synchronous_commit": "off"}
+WRITTEN_HOW = {
+    "sqlite": "write_bytes of the coordinator process (/proc/PID/io): WAL frames and checkpoints into the file",
+    "postgres": "WAL bytes the server generated (pg_current_wal_lsn difference); table pages follow at checkpoints",
+}
+
+
+@contextlib.contextmanager
+def database(backend: str, folder: Path) -> Iterator[str]:
+    """The ``--db`` of the benchmarked coordinator: a SQLite file in ``folder`` or a database on a throwaway server."""
+    if backend == "sqlite":
+        yield str(folder / "c.sqlite3")
+        return
+    from sync.coordinator.postgres import create_database, temporary_server
+
+    with temporary_server(BENCH_POSTGRES_SETTINGS) as server:
+        yield create_database(server, "bench")
+
+
+def db_bytes_written(backend: str, db: str, pid: int) -> int:
+    """A counter of bytes the database has written so far (differences of two readings are what a round wrote)."""
+    if backend == "sqlite":
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        raise RuntimeError(f"/proc/{pid}/io has no write_bytes")
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+class StageClock:
+    """Polls /status in a thread and notes when each round entered each stage (time.monotonic())."""
+
+    def __init__(self, url: str, interval: float = 0.05) -> None:
+        """Start polling ``url``."""
+        self.url, self.interval = url, interval
+        self.seen: dict[int, dict[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10.0) as http:
+            while not self.stop.is_set():
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
+                    info = http.get("/status").json()["round"]
+                    if info is not None:
+                        self.seen.setdefault(int(info["round_id"]), {}).setdefault(str(info["stage"]), time.monotonic())
+                self.stop.wait(self.interval)
+
+    def close(self) -> None:
+        """Stop polling."""
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Mean seconds per stage over the rounds seen (a stage lasts until the next one is seen)."""
+        order = ["advertise", "share_keys", "masked_input", "unmask", "done"]
+        lasted: dict[str, list[float]] = {}
+        for stages in self.seen.values():
+            for stage, following in itertools.pairwise(order):
+                if stage in stages and following in stages:
+                    lasted.setdefault(stage, []).append(stages[following] - stages[stage])
+        return {stage: round(float(np.mean(values)), 2) for stage, values in lasted.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--size", type=int, default=ML100K_SHARED_SIZE)
+    parser.add_argument("--phi-size", type=int, default=SYNC_PHI_SIZE, help="φ_g values after θ_g (0: θ_g only)")
     parser.add_argument("--dropout", type=float, default=0.0, help="fraction dropping after sharing keys")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="the coordinator's store")
+    parser.add_argument("--replicas", type=int, default=1, help="coordinator processes (only 1 so far)")
     args = parser.parse_args()
+    if args.replicas != 1:
+        parser.error("--replicas: only 1 coordinator process so far (replicas with one leader are not built yet)")
     rng = np.random.default_rng(0)
+    total = args.size + args.phi_size
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
         coordinator_args = [
             "--vector-size",
             str(args.size),
+            "--phi-size",
+            str(args.phi_size),
             "--target-cohort",
             str(args.agents),
             "--over-selection",
@@ -69,31 +162,50 @@ def main() -> None:
             "--min-cohort",
             str(min(10, args.agents)),
         ]
-        with coordinator_process(Path(tmp) / "c.sqlite3", args=coordinator_args) as (url, process):
+        with (
+            database(args.backend, Path(tmp)) as db,
+            coordinator_process(db, args=coordinator_args) as (url, process),
+        ):
             aggregator = SecureAggregator(url, dropout=args.dropout, timeout=1800)
+            clock = StageClock(url)
             completed = 0
+            written: list[int] = []
             for r in range(args.rounds):
-                aggregator.begin_round(r, args.size)
+                before = db_bytes_written(args.backend, db, process.pid)
+                aggregator.begin_round(r, total)
                 for a in range(args.agents):
                     aggregator.submit(
                         a,
-                        (rng.normal(0, 1, args.size) * 0.5 / np.sqrt(args.size)).astype(np.float32),
+                        np.concatenate(
+                            [
+                                rng.normal(0, 1, args.size) * 0.5 / np.sqrt(args.size),
+                                rng.normal(0, 1, args.phi_size) * 0.25 / np.sqrt(max(args.phi_size, 1)),
+                            ]
+                        ).astype(np.float32),
                         float(rng.integers(20, 300)),
                     )
                 completed += aggregator.finish() is not None
+                written.append(db_bytes_written(args.backend, db, process.pid) - before)
                 print(f"round {r}: {aggregator.stats[-1]}", file=sys.stderr)
             rss = peak_rss_mb(process.pid)
+            clock.close()
     stats = aggregator.stats
     body = {
         "agents": args.agents,
         "rounds_completed": completed,
-        "vector_size": args.size,
+        "vector_size": total,
+        "parts": {"theta_g": args.size, "phi_g": args.phi_size},
         "bytes_up_per_agent_round": round(float(np.mean([s.bytes_up_per_agent for s in stats]))),
         "bytes_down_per_agent_round": round(float(np.mean([s.bytes_down_per_agent for s in stats]))),
         "coordinator_peak_rss_mb": round(rss, 1),
         "round_wall_s": round(float(np.mean([s.wall_s for s in stats])), 2),
         "agent_secagg_cpu_s_per_round": round(float(np.mean([s.secagg_cpu_s_per_agent for s in stats])), 4),
         "dropout": args.dropout,
+        "backend": args.backend,
+        "replicas": args.replicas,
+        "db_bytes_written_per_round": round(float(np.mean(written))),
+        "db_bytes_written_how": WRITTEN_HOW[args.backend],
+        "stage_s": clock.stage_seconds(),
     }
     print(json.dumps(body, indent=None if args.json else 2))
 

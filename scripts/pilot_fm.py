@@ -3,6 +3,12 @@
 adds to the first stage, the blend's and feature_rerank's ΔNDCG@10 with paired bootstrap intervals, and the verdict.
 
 Usage: .venv/bin/python scripts/pilot_fm.py [--json] [--cohort N] [--rounds N] [--valid-users N] [--test-users N]
+       .venv/bin/python scripts/pilot_fm.py --listwise [--json] [--cohort N] [--rounds N] [--train-users N]
+           [--valid-users N] [--epochs N]
+
+--listwise trains a shared listwise adapter centrally on the cohort's training lists and reports, on validation
+lists only, the model's within-list AUC and the blend's ΔNDCG@10 (weight picked on one half of the users, reported on
+the other) for the base model and the adapter.
 
 The logic is models.experiments.pilot; every sample is seeded (--seed).
 """
@@ -21,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from agent.engine.catalogs import ml100k_with_vectors
 from models.data.split import make_loo_split
 from models.errors import PersonaError
-from models.experiments.pilot import PilotConfig, run_pilot
+from models.experiments.pilot import ListwisePilotConfig, PilotConfig, run_listwise_pilot, run_pilot
 
 
 def main() -> None:
@@ -30,12 +36,35 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--cohort", type=int, default=defaults.cohort, help="users the first stage trains on")
     parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds of the first stage")
-    parser.add_argument("--valid-users", type=int, default=defaults.valid_users, help="validation lists the FM scores")
+    parser.add_argument(
+        "--valid-users",
+        type=int,
+        default=None,
+        help=f"validation lists the FM scores (default {defaults.valid_users}; --listwise: 100)",
+    )
     parser.add_argument("--test-users", type=int, default=defaults.test_users, help="test lists the FM scores")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the samples and of training")
+    listwise = ListwisePilotConfig()
+    parser.add_argument("--listwise", action="store_true", help="the listwise pilot (one prompt per list of 20)")
+    parser.add_argument(
+        "--train-users", type=int, default=listwise.train_users, help="--listwise: users with a training list"
+    )
+    parser.add_argument("--epochs", type=int, default=listwise.epochs, help="--listwise: epochs over the lists")
     args = parser.parse_args()
-    if min(args.cohort, args.rounds, args.valid_users, args.test_users) < 1:
-        parser.error("--cohort, --rounds, --valid-users and --test-users take positive numbers")
+    if args.valid_users is None:
+        args.valid_users = listwise.valid_users if args.listwise else defaults.valid_users
+    if min(args.cohort, args.rounds, args.valid_users, args.test_users, args.train_users, args.epochs) < 1:
+        parser.error(
+            "--cohort, --rounds, --valid-users, --test-users, --train-users and --epochs take positive numbers"
+        )
+    listwise_config = ListwisePilotConfig(
+        cohort=args.cohort,
+        rounds=args.rounds,
+        train_users=args.train_users,
+        valid_users=args.valid_users,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
     config = PilotConfig(
         cohort=args.cohort,
         rounds=args.rounds,
@@ -50,7 +79,10 @@ def main() -> None:
         def progress(kind: str, info: dict[str, object]) -> None:
             print(kind, json.dumps(info), file=sys.stderr, flush=True)
 
-        figures = run_pilot(split, vectors, dataset.catalog, config, progress)
+        if args.listwise:
+            figures = run_listwise_pilot(split, vectors, dataset.catalog, listwise_config, progress)
+        else:
+            figures = run_pilot(split, vectors, dataset.catalog, config, progress)
     except PersonaError as error:
         sys.exit(f"error: {error}")
     if args.json:

@@ -1,7 +1,8 @@
 """What the charts of ``--plot`` and ``agent plot FILE.json`` draw: the series in a command's JSON body.
 
 Three bodies are understood, told apart by their keys: ``agent inspect --json`` (the diverging bar chart of tag
-lifts, :mod:`agent.tui.bars`, the same chart as the TUI's Profile screen), ``agent eval --json`` (the validation
+lifts, :mod:`agent.tui.bars`, the same chart as the TUI's Profile screen; then ε this year at each participation
+against the yearly budget, the Sync screen's chart), ``agent eval --json`` (the validation
 NDCG@10 per round with the kept round marked; per-k bars for ``--protocol coldstart``) and ``scripts/audit.py
 --json`` (attacker AUC per setting and view with its 95 % interval, against chance at 0.5). The functions that pull
 the series out of a body are shared by :mod:`agent.cli.textplots` (the terminal, plotext) and
@@ -10,6 +11,7 @@ the series out of a body are shared by :mod:`agent.cli.textplots` (the terminal,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,3 +108,14 @@ def audit_intervals(body: Mapping[str, Any]) -> list[Interval]:
         Interval(f"{r['setting']} {r['target']} {r['view']}", float(r["auc"]), *map(float, r["auc_ci"]))
         for r in body["rows"]
     ]
+
+
+def epsilon_series(body: Mapping[str, Any]) -> tuple[list[tuple[float, float]], float] | None:
+    """``(time, ε this year)`` at each participation and the yearly budget (inf: none) of an ``agent inspect``
+    body; None for a body saved before it carried ``epsilon_history``."""
+    history = body.get("epsilon_history")
+    if not isinstance(history, list):
+        return None
+    budget = (body.get("privacy_budget") or {}).get("budget")
+    points = [(float(p["time"]), float(p["epsilon"])) for p in history]
+    return points, math.inf if budget is None else float(budget)

@@ -30,7 +30,7 @@ def prepare() -> None:
 
 
 def eval_command(
-    protocol: Annotated[str, typer.Option(help="loo99 | full | coldstart")] = "loo99",
+    protocol: Annotated[str, typer.Option(help="loo99 | full | coldstart | query")] = "loo99",
     model: Annotated[
         str, typer.Option(help="popularity | central | federated | persona-base | persona-shared | persona")
     ] = "federated",
@@ -63,6 +63,8 @@ def eval_command(
         usage_error(f"Unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
     if model not in MODELS:
         usage_error(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
+    if protocol == "query" and model not in ("central", "federated"):
+        usage_error("--protocol query measures the first stage: use it with --model federated or --model central.")
     if via_sync and model != "federated":
         usage_error(
             "--via-sync measures the federated first stage through the real protocol; use it with --model federated "

@@ -28,7 +28,7 @@ import typer
 # typer vendors its own click; its completion scripts match the `_AGENT_COMPLETE` protocol its runtime answers
 from typer._completion_shared import get_completion_script
 
-from agent.cli import audit, demo, evaluate, feedback, importing, profile, sync
+from agent.cli import audit, demo, evaluate, feedback, importing, profile, schedule, sync
 from agent.cli.console import err, out, usage_error
 from agent.cli.plot import PlotFlagGroup, plot_command
 from agent.cli.session import run_tui
@@ -81,6 +81,7 @@ app.command()(profile.reset)
 app.command()(completion)
 app.command()(demo.demo)
 app.command(name="sync")(sync.sync_command)
+app.add_typer(schedule.app, name="schedule")
 app.command(name="audit")(audit.audit_command)
 app.command(name="plot")(plot_command)
 
@@ -94,3 +95,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # the scheduled sync runs `python -m agent.cli.main sync --if-eligible`
+    main()

@@ -18,6 +18,7 @@ from agent.engine.budget import privacy_budget
 from agent.engine.rerank_weight import weight_in_force
 from agent.errors import ProfileError
 from agent.settings import PASSPHRASE_ENV
+from agent.store.egress import epsilon_points
 from agent.store.files import profile_files, reset_profile
 from agent.store.profile_store import ProfileStore
 from models.errors import PersonaError
@@ -66,6 +67,7 @@ def inspect(
         profile = open_profile(store)
         in_force = weight_in_force(settings_or_fail().rerank)
         body = profile.inspect() | {"privacy_budget": privacy_budget(store).as_dict(), "rerank": in_force.as_dict()}
+        body["epsilon_history"] = [{"time": t, "epsilon": e} for t, e in epsilon_points(store.egress_entries())]
     if drawn_instead(body, plot):
         return
     if as_json:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from agent.cli.console import emit_json, err, fail, out, progress_bar
+from agent.cli.schedule import EVERY_HELP, IF_ELIGIBLE_HELP, every_option, scheduled_command
 from agent.cli.session import open_store
 from agent.engine.sync import DEFAULT_TIMEOUT, no_coordinator_error, sync_profile
 from agent.settings import COORDINATOR_ENV, coordinator_url, passphrase_from_env
@@ -21,11 +22,34 @@ def sync_command(
         DEFAULT_TIMEOUT
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    if_eligible: Annotated[bool, typer.Option("--if-eligible", help=IF_ELIGIBLE_HELP)] = False,
+    every: Annotated[str | None, typer.Option("--every", callback=every_option, help=EVERY_HELP)] = None,
+    enroll: Annotated[
+        str | None,
+        typer.Option(
+            "--enroll",
+            metavar="TOKEN",
+            help="The one-time enrollment token from the coordinator's operator, for this profile's first sync "
+            "with a coordinator that requires one (not needed afterwards).",
+        ),
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="Allow a plain http:// coordinator on another machine (traffic readable and changeable on the way; "
+            "also [sync] insecure_http = true).",
+        ),
+    ] = False,
 ) -> None:
     """Take part in one federation round: train locally, send only the clipped, noised, masked shared delta."""
     url = coordinator or coordinator_url()
     if not url:
         fail(no_coordinator_error())
+    if if_eligible or every is not None:
+        options = {"enrollment": enroll, "insecure_http": insecure_http}
+        scheduled_command(url, timeout=timeout, as_json=as_json, every=every, sync_options=options)
+        return
     with open_store() as store:
         passphrase = passphrase_from_env() if store.encrypted else None
         try:
@@ -35,7 +59,15 @@ def sync_command(
                 def on_progress(fraction: float, text: str) -> None:
                     bar.update(task, completed=round(100 * fraction), status=text)
 
-                summary = sync_profile(store, url, timeout=timeout, progress=on_progress, passphrase=passphrase)
+                summary = sync_profile(
+                    store,
+                    url,
+                    timeout=timeout,
+                    progress=on_progress,
+                    passphrase=passphrase,
+                    enrollment=enroll,
+                    insecure_http=insecure_http,
+                )
         except PersonaError as error:
             fail(error)
     if as_json:

@@ -12,8 +12,8 @@ from typing import Any
 import plotext as plt
 from rich.text import Text
 
-from agent.cli.charts import audit_intervals, eval_series, kind_of
-from agent.tui.bars import MIN_WIDTH, diverging_bars, lift_rows, too_narrow
+from agent.cli.charts import audit_intervals, epsilon_series, eval_series, kind_of
+from agent.tui.bars import MIN_WIDTH, diverging_bars, epsilon_chart, lift_rows, too_narrow
 
 HEIGHT = 18
 """Rows of a terminal chart."""
@@ -63,7 +63,12 @@ def terminal_chart(body: Mapping[str, Any], width: int, *, color: bool) -> Text:
     ``color`` False gives plain characters (NO_COLOR, a pipe)."""
     kind = kind_of(body)
     if kind == "inspect":
-        return diverging_bars(lift_rows(body), width, color=color)
+        chart = diverging_bars(lift_rows(body), width, color=color)
+        series = epsilon_series(body)
+        if series is not None and width >= MIN_WIDTH:
+            chart.append("\n\nε this year at each participation, against your yearly budget (┄)\n")
+            chart.append_text(epsilon_chart(*series, width, color=color))
+        return chart
     if width < MIN_WIDTH:
         return Text(too_narrow(width))
     plt.theme("default" if color else "clear")

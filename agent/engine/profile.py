@@ -27,13 +27,18 @@ from agent.store.egress import egress_summary
 from agent.store.profile_store import ProfileStore
 from agent.store.records import PRIVATE_FIRST_STAGE, PRIVATE_LORA, SHARED_FIRST_STAGE, SHARED_LORA
 from models.data.catalog import Catalog
+from models.data.request import Request, filter_scores, parse_request
 from models.firststage.reasons import citations
-from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams
+from models.firststage.scorer import (
+    QUERY_WEIGHT,
+    FirstStageScorer,
+    PrivateParams,
+    SharedParams,
+    query_vector,
+    with_query,
+)
 from models.text.encoder import ItemEncoder
 from models.types import FloatArray, IntArray
-
-QUERY_WEIGHT = 1.0
-"""How strongly a ``--query`` pulls the user state toward the query's text, relative to the state's own norm."""
 
 
 @dataclass(frozen=True)
@@ -120,18 +125,15 @@ class Profile:
     def query_vector(self, query: str) -> FloatArray:
         """The query's MiniLM text vector projected into item space (as an item with that text would be)."""
         if query not in self._query_cache:
-            text = ItemEncoder().encode([query])[0]
-            self._query_cache[query] = (text @ self.shared.text_proj).astype(np.float32)
+            self._query_cache[query] = query_vector(self.shared, ItemEncoder().encode([query])[0])
         return self._query_cache[query]
 
     def user_state(self, history: IntArray, private: PrivateParams, query: str | None = None) -> FloatArray:
-        """History pooled by the shared recency weights, plus the private vector, plus the query's pull."""
+        """History pooled by the shared recency weights, plus the private vector, plus the query's pull
+        (:func:`models.firststage.scorer.with_query`, the formula ``agent eval --protocol query`` measures)."""
         state = self.scorer.user_state(history, private)
         if query:
-            q = self.query_vector(query)
-            norm = float(np.linalg.norm(state))
-            scale = self.query_weight * (norm if norm > 1e-6 else 1.0) / max(float(np.linalg.norm(q)), 1e-9)
-            state = state + scale * q
+            state = with_query(state, self.query_vector(query), self.query_weight)
         return state
 
     # -- suggestions -----------------------------------------------------------------------------------------
@@ -139,17 +141,26 @@ class Profile:
         """The ``n`` best unrated items, best first, each with a reason."""
         liked, disliked = self.feedback()
         private = self.private()
-        state = self.user_state(liked, private, query)
+        request = parse_request(query, self.catalog) if query else Request()
+        # A request naming tags or a decade is served by the filter alone; the MiniLM pull is for other requests
+        # (models.experiments.query.product_query: the measured choice).
+        state = self.user_state(liked, private, None if request else query)
         scores = self.scorer.score_state(state)
         banned = np.concatenate([liked, disliked, exclude if exclude is not None else np.zeros(0, np.int64)])
         scores[banned.astype(np.int64)] = -np.inf
+        if request:
+            everything = np.arange(len(scores))
+            scores = filter_scores(scores, request.mask(self.catalog, everything)).astype(np.float32)
         k = min(n, int(np.isfinite(scores).sum()))
         if k <= 0:
             return []
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         cites = citations(self.scorer, liked, top)
-        return [self._suggestion(int(i), float(scores[i]), cited, query) for i, cited in zip(top, cites, strict=True)]
+        return [
+            self._suggestion(int(i), float(scores[i]), cited, query, request)
+            for i, cited in zip(top, cites, strict=True)
+        ]
 
     def _pulls(self, item: int, liked: IntArray) -> tuple[IntArray, FloatArray]:
         """The pooled history items and how much each adds to ``item``'s score."""
@@ -158,15 +169,21 @@ class Profile:
         pulls = weights * (self.scorer.item_vectors[recent] @ self.scorer.item_vectors[item])
         return recent, pulls.astype(np.float32)
 
-    def _suggestion(self, item: int, score: float, cited: IntArray, query: str | None) -> Suggestion:
-        """A suggestion whose reason names the ``cited`` liked items (:mod:`models.firststage.reasons`)."""
+    def _suggestion(
+        self, item: int, score: float, cited: IntArray, query: str | None, request: Request | None = None
+    ) -> Suggestion:
+        """A suggestion whose reason names the ``cited`` liked items (:mod:`models.firststage.reasons`) and, for a
+        query that names tags or a decade (``request``), whether the item satisfies them."""
         because = [self.catalog.label(int(c)) for c in cited]
         tags = self.catalog.tags[item]
         source_tags = {t for c in cited for t in self.catalog.tags[int(c)]}
         top_tags = [t for t in tags if t in source_tags][:2]
         parts = []
-        if query:
-            parts.append(f'matches "{query}"')
+        request = request or Request()
+        if query and request and not request.satisfied_by(self.catalog, item):
+            parts.append(f'close to "{query}" but not {request.describe()}')
+        elif query:
+            parts.append(f'matches "{query}"' + (f" ({request.describe()})" if request else ""))
         if because:
             parts.append("because you liked " + " and ".join(because))
         if top_tags:

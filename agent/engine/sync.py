@@ -7,8 +7,16 @@ coordinator answers, register the profile's Ed25519 identity (a 0600 key file in
 the published shared vector, train shared + private on the profile's own history in the worker process (torch stays
 out of this process), send only the shared delta through one secure-aggregation round (rounds offering less noise
 than the budget was checked at are refused), then apply the new shared vector (a new stored version) and the new
-private vector. The round is recorded in the store's egress ledger whatever happens after joining; on
+private vector. When the federation also carries the language model's shared adapter φ_g (the published vector is
+θ_g then φ_g), the agent sends a zero φ_g delta (it does not train φ_g yet) and applies the new θ_g and φ_g together
+in one store transaction. The round is recorded in the store's egress ledger whatever happens after joining; on
 any failure nothing is applied.
+
+The connection (:mod:`sync.client.tls`): an https coordinator is verified against the system trust store, the
+``[sync] coordinator_ca_file`` or the certificate pinned by ``[sync] coordinator_fingerprint``; plain http to
+another machine is refused before any connection unless ``--insecure-http`` / ``[sync] insecure_http``. A
+coordinator that requires enrollment takes the operator's one-time token (``agent sync --enroll TOKEN``) when this
+profile's identity registers the first time; it knows the identity afterwards, so no token is needed again.
 
 ``agent eval --model federated --via-sync`` starts a coordinator on 127.0.0.1 (a subprocess, SQLite in a temporary
 folder) seeded with the same initial shared vector as the simulation, and trains through the real protocol:
@@ -19,7 +27,9 @@ deltas are clipped, weighted, noised, quantized, masked and summed by the coordi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,15 +43,18 @@ from agent.engine.budget import accepted_privacy, check_budget, privacy_budget
 from agent.engine.jobs import run_training
 from agent.engine.profile import Profile
 from agent.errors import ProfileError
-from agent.settings import COORDINATOR_ENV, coordinator_url, passphrase_from_env, sync_settings
+from agent.settings import COORDINATOR_ENV, coordinator_url, load_settings, passphrase_from_env, sync_settings
 from agent.store.egress import StoreLedger
 from agent.store.profile_store import ProfileStore
 from models.data.split import Split
 from models.firststage.scorer import PrivateParams, SharedParams
+from sync.client.http_client import AgentClient
 from sync.client.identity import Identity
 from sync.client.run import run_sync
-from sync.errors import SyncError
+from sync.client.tls import TransportPolicy, check_url, connection_error, ssl_context
+from sync.errors import CoordinatorError, SyncError
 from sync.protocol.privacy import DEFAULT_DELTA
+from sync.protocol.rules import SYNC_PHI_SIZE
 from sync.simulation.aggregator import SecureAggregator
 
 IDENTITY_FILE = "sync_identity.key"
@@ -70,15 +83,68 @@ def no_coordinator_error() -> ProfileError:
     )
 
 
-def _check_reachable(url: str) -> None:
+def _check_reachable(url: str, verify: ssl.SSLContext | bool = True) -> None:
     try:
-        response = httpx.get(f"{url}/healthz", timeout=5.0)
+        response = httpx.get(f"{url}/healthz", timeout=5.0, verify=verify)
     except (httpx.TransportError, httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
-        raise SyncError(
-            f"The coordinator at {url} is unreachable: {error}", hint="Check the URL and that it is running."
-        ) from error
+        raise connection_error(url, error) from error
     if response.status_code != 200:
         raise SyncError(f"The coordinator at {url} is not healthy (HTTP {response.status_code}).")
+
+
+def transport_policy(*, insecure_http: bool = False) -> TransportPolicy:
+    """How this agent checks its coordinator: the ``[sync]`` settings, ``insecure_http`` also allowed by the flag."""
+    preferences = load_settings().sync
+    return TransportPolicy(
+        fingerprint=preferences.coordinator_fingerprint or None,
+        ca_file=Path(preferences.coordinator_ca_file) if preferences.coordinator_ca_file else None,
+        insecure_http=insecure_http or preferences.insecure_http,
+    )
+
+
+_ENROLLMENT_HINTS = {
+    "enrollment_required": "This coordinator admits new agents with an enrollment token from its operator: run "
+    "`agent sync --enroll TOKEN` once (afterwards it knows this profile).",
+    "invalid_enrollment": "Check the token you were given (one line printed by `agent-coordinator enroll`), or ask "
+    "the operator for another.",
+    "enrollment_used": "Each token registers one agent; ask the operator for a new one.",
+}
+
+
+def split_shared(
+    vector: NDArray[np.float32], theta_size: int, catalog: str
+) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+    """(θ_g, φ_g) of a published shared vector: θ_g alone, or θ_g then the language model's shared adapter's
+    :data:`~sync.protocol.rules.SYNC_PHI_SIZE` values; ProfileError for any other length."""
+    if vector.shape == (theta_size,):
+        return vector, None
+    if vector.shape == (theta_size + SYNC_PHI_SIZE,):
+        return vector[:theta_size], vector[theta_size:]
+    raise ProfileError(
+        f"The coordinator's shared adapter has {vector.size} values; this profile's catalog {catalog!r} needs "
+        f"{theta_size} (θ_g) or {theta_size + SYNC_PHI_SIZE} (θ_g and the language model's shared adapter).",
+        hint="Sync works on the catalog the federation trains (the built-in one).",
+    )
+
+
+def register(url: str, identity: Identity, verify: ssl.SSLContext | bool, enrollment: str | None) -> None:
+    """Register the identity with the coordinator (idempotent; the coordinator remembers it, so ``enrollment`` — the
+    operator's one-time token — matters only the first time). A refused enrollment raises SyncError with what to do.
+    """
+
+    async def go() -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0), verify=verify) as http:
+            await AgentClient(http, identity, retry_seconds=30.0).register(enrollment)
+
+    try:
+        asyncio.run(go())
+    except CoordinatorError as error:
+        if error.reason not in _ENROLLMENT_HINTS:
+            raise
+        raise SyncError(
+            f"The coordinator at {url} refused to register this agent: {error.detail}",
+            hint=_ENROLLMENT_HINTS[error.reason],
+        ) from error
 
 
 def identity_for(store: ProfileStore) -> Identity:
@@ -93,34 +159,37 @@ def sync_profile(
     timeout: float = DEFAULT_TIMEOUT,
     progress: ProgressFn | None = None,
     passphrase: str | None = None,
+    enrollment: str | None = None,
+    insecure_http: bool = False,
 ) -> dict[str, Any]:
     """One sync of this profile (see the module docstring); returns the summary ``agent sync --json`` prints.
 
-    Raises :class:`ProfileError` when no coordinator is configured and :class:`SyncError` (and subclasses) when
-    the coordinator is unreachable, refuses, or the round times out or is abandoned; nothing is applied then.
+    ``enrollment`` is the operator's one-time token for a first registration; ``insecure_http`` allows plain http to
+    another machine. Raises :class:`ProfileError` when no coordinator is configured and :class:`SyncError` (and
+    subclasses) when the URL is insecure, the coordinator is unreachable or untrusted, refuses, or the round times out
+    or is abandoned; nothing is applied then.
     """
     report = progress or (lambda _fraction, _text: None)
     url = (url or coordinator_url() or "").rstrip("/")
     if not url:
         raise no_coordinator_error()
+    policy = transport_policy(insecure_http=insecure_http)
+    check_url(url, policy)  # before anything is recorded or sent
     check_budget(store)
     report(0.0, f"contacting {url}")
-    _check_reachable(url)
+    verify = ssl_context(url, policy)
+    _check_reachable(url, verify)
+    identity = identity_for(store)
+    register(url, identity, verify, enrollment)  # before the profile is loaded and trained: a refusal comes first
     profile = Profile.load(store)
     template = profile.shared
-    identity = identity_for(store)
     trained: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix=".sync-", dir=store.folder) as scratch:
         work = Path(scratch)
 
         def compute_delta(shared: NDArray[np.float32]) -> tuple[NDArray[np.floating], float]:
-            if shared.shape != (template.size,):
-                raise ProfileError(
-                    f"The coordinator's shared adapter has {shared.size} values; this profile's catalog "
-                    f"{profile.catalog.name!r} needs {template.size}.",
-                    hint="Sync works on the catalog the federation trains (the built-in one).",
-                )
-            np.save(work / "shared.npy", shared.astype(np.float32))
+            theta, phi = split_shared(shared, template.size, profile.catalog.name)
+            np.save(work / "shared.npy", theta.astype(np.float32))
             report(0.15, "training shared + private locally (worker process)")
             result = run_training(
                 passphrase=passphrase, args=("sync-train", str(work / "shared.npy"), str(work / "out"))
@@ -129,6 +198,8 @@ def sync_profile(
             trained["private"] = np.load(work / "out" / "private.npy", allow_pickle=False)
             on_stage("trained", {"n_examples": result["n_examples"]})
             delta = np.load(work / "out" / "shared_delta.npy", allow_pickle=False)
+            if phi is not None:  # φ_g is not trained on the agent yet: its part of the delta is zero
+                delta = np.concatenate([delta, np.zeros(phi.size, dtype=delta.dtype)])
             return delta, float(result["n_examples"])
 
         def on_stage(stage: str, info: dict[str, Any]) -> None:
@@ -148,23 +219,26 @@ def sync_profile(
             min_sigma=accepted_privacy().sigma,
             timeout=timeout,
             progress=on_stage,
+            verify=verify,  # it registers again (idempotent, no token): the ledger counts that request as before
         )
-    new_shared = template.with_vector(outcome.shared.vector)
+    new_theta, new_phi = split_shared(outcome.shared.vector, template.size, profile.catalog.name)
+    new_shared = template.with_vector(new_theta)
     published = outcome.shared.version != trained.get("fetched_version")  # the noised total weight can be ≤ 0
     stored = store.load_shared()
     have = (stored[1].get("coordinator"), stored[1].get("published_version")) if stored else None
     if have != (url, outcome.shared.version):
-        store.save_shared(
-            new_shared,
-            version=f"federation-v{outcome.shared.version}",
-            meta={
-                "catalog": profile.catalog.name,
-                "coordinator": url,
-                "published_version": outcome.shared.version,
-                "sha256": outcome.shared.sha256,
-                "round": outcome.round.round_id,
-            },
-        )
+        version = f"federation-v{outcome.shared.version}"
+        meta = {
+            "catalog": profile.catalog.name,
+            "coordinator": url,
+            "published_version": outcome.shared.version,
+            "sha256": outcome.shared.sha256,
+            "round": outcome.round.round_id,
+        }
+        if new_phi is None:
+            store.save_shared(new_shared, version=version, meta=meta)
+        else:  # θ_g and φ_g of one signed version, in one store transaction
+            store.save_shared_pair(new_shared, store.shared_lora_with(new_phi), version=version, meta=meta)
     if "private" in trained:
         private = PrivateParams(user_vector=np.asarray(trained["private"], dtype=np.float32))
         store.save_private(

@@ -4,7 +4,10 @@ foundation model, each a file ``adapters/NAME.SHA12.bin`` in the data folder tha
 An adapter is written to a *new* file named after its checksum (temp file, fsync, rename), then the row that
 points at it is switched in one transaction, then the old file is zeroed and removed. A crash at any point leaves
 the previous row pointing at the previous, intact file; a stray new file is removed the next time the store opens.
-In an encrypted profile the files are encrypted with the profile's key, each bound to its adapter's name.
+Several adapters can be switched together (:meth:`AdapterStore.write_adapters`: all new files first, then every
+row in one transaction), which is how a sync applies the shared pair θ_g + φ_g (:meth:`AdapterStore.save_shared_pair`):
+a crash at any point leaves both previous rows, never one new and one old. In an encrypted profile the files are
+encrypted with the profile's key, each bound to its adapter's name.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from agent.store.records import (
 )
 from models.assets import atomic_write_bytes
 from models.firststage.scorer import PrivateParams, SharedParams
-from models.fm.lora import LoraWeights, load_weights, save_weights
+from models.fm.lora import LoraWeights, default_shared_spec, load_weights, save_weights
 
 ADAPTERS_DIR = "adapters"
+SHARED_LORA_SHAPES = {"q_proj": (1024, 640), "v_proj": (256, 640)}
+"""(out, in) of the adapted projections of the built-in 270M model: what φ_g's frozen ``A`` factors are drawn for
+when a sync brings φ_g before the model was ever loaded (``models.fm.torch_model.TorchFM.shapes``)."""
 
 
 class AdapterStore(Database):
@@ -69,34 +75,47 @@ class AdapterStore(Database):
 
     def write_adapter(self, name: str, data: bytes, *, meta: dict[str, Any] | None = None) -> AdapterRecord:
         """Store a new version of adapter ``name``: new file (atomic), then the row, then the old file goes."""
-        stored = self._cipher.encrypt(data, name) if self._cipher else data
-        digest = sha256_hex(stored)
-        relative = Path(ADAPTERS_DIR) / f"{name}.{digest[:12]}.bin"
+        return self.write_adapters([(name, data, meta)])[0]
+
+    def write_adapters(self, items: list[tuple[str, bytes, dict[str, Any] | None]]) -> list[AdapterRecord]:
+        """Store new versions of several adapters at once: every new file (atomic), then every row in ONE
+        transaction, then the old files go. A failure before the commit leaves every previous row and file."""
+        if len({name for name, _, _ in items}) != len(items):
+            raise ValueError("each adapter may appear once in one write")
         with self._lock:
-            previous = self.adapter_record(name)
-            atomic_write_bytes(self.folder / relative, stored)
+            staged: list[tuple[str, Path, str, dict[str, Any] | None, AdapterRecord | None]] = []
             try:
+                for name, data, meta in items:
+                    stored = self._cipher.encrypt(data, name) if self._cipher else data
+                    digest = sha256_hex(stored)
+                    relative = Path(ADAPTERS_DIR) / f"{name}.{digest[:12]}.bin"
+                    previous = self.adapter_record(name)
+                    atomic_write_bytes(self.folder / relative, stored)
+                    staged.append((name, relative, digest, meta, previous))
                 with self._write() as conn:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            name,
-                            str(relative),
-                            digest,
-                            (previous.version + 1) if previous else 1,
-                            int(time.time()),
-                            json.dumps(meta or {}),
-                        ),
-                    )
+                    for name, relative, digest, meta, previous in staged:
+                        conn.execute(
+                            "INSERT OR REPLACE INTO adapters VALUES (?, ?, ?, ?, ?, ?)",
+                            (
+                                name,
+                                str(relative),
+                                digest,
+                                (previous.version + 1) if previous else 1,
+                                int(time.time()),
+                                json.dumps(meta or {}),
+                            ),
+                        )
             except BaseException:
-                if previous is None or previous.file != self.folder / relative:
-                    (self.folder / relative).unlink(missing_ok=True)
+                for _name, relative, _digest, _meta, previous in staged:
+                    if previous is None or previous.file != self.folder / relative:
+                        (self.folder / relative).unlink(missing_ok=True)
                 raise
-            if previous is not None and previous.file != self.folder / relative:
-                shred(previous.file)
-        record = self.adapter_record(name)
-        assert record is not None
-        return record
+            for _name, relative, _digest, _meta, previous in staged:
+                if previous is not None and previous.file != self.folder / relative:
+                    shred(previous.file)
+        records = [self.adapter_record(name) for name, _, _ in items]
+        assert all(r is not None for r in records)
+        return [r for r in records if r is not None]
 
     def read_adapter(self, name: str) -> bytes | None:
         """The bytes of adapter ``name`` after checking its checksum (None when there is no such adapter)."""
@@ -176,9 +195,26 @@ class AdapterStore(Database):
 
     def save_shared(self, shared: SharedParams, *, version: str, meta: dict[str, Any] | None = None) -> AdapterRecord:
         """Store the shared first-stage parameters (θ_g) with the federation's version label."""
-        buffer = io.BytesIO()
-        np.savez(buffer, **{name: getattr(shared, name) for name in SharedParams.FIELDS})
-        return self.write_adapter(SHARED_FIRST_STAGE, buffer.getvalue(), meta={"version": version, **(meta or {})})
+        return self.write_adapter(SHARED_FIRST_STAGE, _shared_bytes(shared), meta={"version": version, **(meta or {})})
+
+    def save_shared_pair(
+        self,
+        shared: SharedParams,
+        lora: LoraWeights,
+        *,
+        version: str,
+        meta: dict[str, Any] | None = None,
+        lora_meta: dict[str, Any] | None = None,
+    ) -> tuple[AdapterRecord, AdapterRecord]:
+        """Store θ_g and φ_g of one federation version together, atomically (both rows in one transaction)."""
+        meta = {"version": version, **(meta or {})}
+        records = self.write_adapters(
+            [
+                (SHARED_FIRST_STAGE, _shared_bytes(shared), meta),
+                (SHARED_LORA, self._lora_bytes(lora), {**meta, **(lora_meta or {})}),
+            ]
+        )
+        return records[0], records[1]
 
     def load_shared(self) -> tuple[SharedParams, dict[str, Any]] | None:
         """The shared first-stage parameters and their meta (with ``version``), or None when none is stored."""
@@ -199,10 +235,19 @@ class AdapterStore(Database):
         self, weights: LoraWeights, *, version: str, meta: dict[str, Any] | None = None
     ) -> AdapterRecord:
         """Store the shared LoRA's numbers (φ_g, e.g. as a sync applies it) with the federation's version label."""
+        return self.write_adapter(SHARED_LORA, self._lora_bytes(weights), meta={"version": version, **(meta or {})})
+
+    def _lora_bytes(self, weights: LoraWeights) -> bytes:
         with tempfile.TemporaryDirectory(dir=self.folder, prefix=".lora-") as tmp:
             save_weights(weights, Path(tmp) / "shared.npz")
-            data = (Path(tmp) / "shared.npz").read_bytes()
-        return self.write_adapter(SHARED_LORA, data, meta={"version": version, **(meta or {})})
+            return (Path(tmp) / "shared.npz").read_bytes()
+
+    def shared_lora_with(self, vector: np.ndarray[Any, np.dtype[Any]]) -> LoraWeights:
+        """φ_g with its trainable values (the FFA ``B`` factors) read from a synced ``vector``: on the stored shared
+        LoRA's frozen ``A`` when there is one, else on the public seeded ``A`` of the default spec."""
+        stored = self.load_shared_lora()
+        template = stored[0] if stored else LoraWeights.init(default_shared_spec(), SHARED_LORA_SHAPES)
+        return template.with_trainable_vector(vector)
 
     def load_shared_lora(self) -> tuple[LoraWeights, dict[str, Any]] | None:
         """The shared LoRA and its meta (with ``version``), or None while no sync has provided one."""
@@ -214,3 +259,10 @@ class AdapterStore(Database):
             (Path(tmp) / "shared.npz").write_bytes(data)
             weights = load_weights(Path(tmp) / "shared.npz")
         return weights, meta
+
+
+def _shared_bytes(shared: SharedParams) -> bytes:
+    """The stored form of θ_g (an .npz of its fields)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: getattr(shared, name) for name in SharedParams.FIELDS})
+    return buffer.getvalue()

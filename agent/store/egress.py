@@ -56,3 +56,32 @@ def egress_summary(ledger: list[dict[str, Any]]) -> dict[str, Any]:
         "epsilon": float(epsilons[-1]) if epsilons else 0.0,
         "last_round_at": rounds[-1]["ts"] if rounds else None,
     }
+
+
+def is_participation(row: dict[str, Any]) -> bool:
+    """True for a ledger row of a round this agent took part in and whose sum was released (it counts toward ε and
+    toward ``[schedule] min_days_between``); rows without ``released`` count when their status is ``done``."""
+    if row.get("status") == "skipped":
+        return False
+    if row.get("released") is not None:
+        return bool(row["released"])
+    return row.get("status") == "done" or (row.get("status") is None and int(row.get("bytes_sent") or 0) > 0)
+
+
+def row_time(row: dict[str, Any]) -> float:
+    """When a ledger row was recorded, in unix seconds (to the second for rows written without ``time_exact``)."""
+    exact = row.get("time_exact")
+    return float(exact) if exact is not None else float(row["ts"])
+
+
+def epsilon_points(ledger: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """``(time, ε this year)`` at each participation of the ledger, oldest first: ε as recorded after that round."""
+    return sorted(
+        (row_time(r), float(r["epsilon"])) for r in ledger if is_participation(r) and r.get("epsilon") is not None
+    )
+
+
+def last_participation(ledger: list[dict[str, Any]]) -> float | None:
+    """When this agent last took part in a released round, or None if it never did."""
+    times = [row_time(r) for r in ledger if is_participation(r)]
+    return max(times) if times else None

@@ -81,9 +81,26 @@ def _m002_training_runs(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m003_eligibility_checks(conn: sqlite3.Connection) -> None:
+    """One row per eligibility check of a scheduled sync (:mod:`agent.engine.eligibility`): when, whether it could
+    take part, every check with its reason (JSON), and what the run then did (``outcome``)."""
+    conn.execute(
+        """
+        CREATE TABLE eligibility_checks (
+            id INTEGER PRIMARY KEY,
+            ts REAL NOT NULL,
+            eligible INTEGER NOT NULL,
+            reasons TEXT NOT NULL,
+            outcome TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+
+
 MIGRATIONS: tuple[tuple[str, Migration], ...] = (
     ("001_initial", _m001_initial),
     ("002_training_runs", _m002_training_runs),
+    ("003_eligibility_checks", _m003_eligibility_checks),
 )
 
 

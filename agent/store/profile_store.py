@@ -1,14 +1,14 @@
 """The person's profile on this device (:class:`ProfileStore`): interactions, catalogs, adapters, the egress
-ledger and the local training runs, over the profile database (:mod:`agent.store.database`) and its adapter files
-(:mod:`agent.store.adapters`). Imported catalogs are kept as ``catalogs/NAME.jsonl`` in the data folder, written
-atomically and encrypted like the rest in an encrypted profile.
+ledger, the local training runs and the eligibility checks of scheduled syncs, over the profile database
+(:mod:`agent.store.database`) and its adapter files (:mod:`agent.store.adapters`). Imported catalogs are kept as
+``catalogs/NAME.jsonl`` in the data folder, written atomically and encrypted like the rest in an encrypted profile.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from models.assets import atomic_write_bytes
 
 CATALOGS_DIR = "catalogs"
 BUILT_IN_CATALOG = "ml-100k"
+KEEP_ELIGIBILITY_CHECKS = 500
+"""How many eligibility checks of scheduled syncs the profile keeps (the oldest are deleted)."""
 
 
 class ProfileStore(AdapterStore):
@@ -178,6 +180,40 @@ class ProfileStore(AdapterStore):
         """The most recent local training run, or None."""
         rows = self._read("SELECT * FROM training_runs ORDER BY id DESC LIMIT 1")
         return dict(rows[0]) if rows else None
+
+    # -- eligibility checks of scheduled syncs -----------------------------------------------------------------
+    def record_eligibility(self, *, ts: float, eligible: bool, checks: Sequence[Mapping[str, Any]]) -> int:
+        """Record one eligibility check (each check a ``name``/``ok``/``reason`` mapping); returns its id.
+
+        Only the newest :data:`KEEP_ELIGIBILITY_CHECKS` rows are kept (a timer every 6 h adds ~1,500 a year)."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO eligibility_checks (ts, eligible, reasons) VALUES (?, ?, ?)",
+                (float(ts), int(eligible), json.dumps([dict(c) for c in checks], ensure_ascii=False)),
+            )
+            new_id = int(cursor.lastrowid or 0)
+            conn.execute("DELETE FROM eligibility_checks WHERE id <= ?", (new_id - KEEP_ELIGIBILITY_CHECKS,))
+            return new_id
+
+    def set_eligibility_outcome(self, check_id: int, outcome: str) -> None:
+        """Note what the run after check ``check_id`` did (e.g. "skipped", "synced round 7", "failed: ...")."""
+        with self._write() as conn:
+            conn.execute("UPDATE eligibility_checks SET outcome = ? WHERE id = ?", (outcome, check_id))
+
+    def eligibility_checks(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest ``limit`` eligibility checks, newest first: ``id``, ``ts``, ``eligible``, ``checks``,
+        ``outcome``."""
+        rows = self._read("SELECT * FROM eligibility_checks ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            {
+                "id": r["id"],
+                "ts": r["ts"],
+                "eligible": bool(r["eligible"]),
+                "checks": json.loads(r["reasons"]),
+                "outcome": r["outcome"],
+            }
+            for r in rows
+        ]
 
     # -- the whole profile -----------------------------------------------------------------------------------
     def files(self) -> list[Path]:

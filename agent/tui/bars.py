@@ -4,10 +4,15 @@ left) and plain bars from zero (bytes sent per sync round).
 Plain :class:`rich.text.Text` (no plotting library), so the TUI's Profile screen and ``agent inspect --plot`` draw the
 same chart and the TUI's start-up imports nothing new. Each row carries the tag, its bar, the lift in σ and how many
 liked and disliked items have the tag.
+
+:func:`epsilon_chart` draws ε this year over the last 365 days (columns of eighth blocks, a step at each
+participation) against the yearly budget (a dashed line): the Sync screen and ``agent inspect --plot`` show it.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -82,4 +87,72 @@ def horizontal_bars(rows: Sequence[tuple[str, float, str]], width: int, *, color
         chart.append(f"{_bar(value / scale, cells):<{cells}}", style="cyan" if color else "")
         chart.append(f" {note}\n")
     chart.rstrip()
+    return chart
+
+
+YEAR_S = 365 * 86_400
+_COLUMN_BLOCKS = " ▁▂▃▄▅▆▇█"
+_AXIS_WIDTH = 7
+_EPS_NOTE_WIDTH = 14
+EPSILON_HEIGHT = 8
+"""Rows of the ε chart's plot area (plus an axis row and a row of dates)."""
+
+
+def _epsilon_at(points: Sequence[tuple[float, float]], moment: float) -> float:
+    """ε this year at ``moment`` as recorded at the last participation before it (0 once that is a year old)."""
+    value = 0.0
+    for when, epsilon in points:
+        if when > moment:
+            break
+        value = epsilon if moment - when < YEAR_S else 0.0
+    return value
+
+
+def epsilon_chart(
+    points: Sequence[tuple[float, float]],
+    budget: float,
+    width: int,
+    *,
+    now: float | None = None,
+    height: int = EPSILON_HEIGHT,
+    color: bool = True,
+) -> Text:
+    """ε this year over the 365 days up to ``now``: ``points`` are ``(time, ε this year)`` at each participation
+    (oldest first); each column is ε at the end of its stretch of days; the budget is a dashed line ``┄`` (none when
+    it is infinite). ``width`` columns wide; too narrow a width gives :func:`too_narrow`."""
+    if width < MIN_WIDTH:
+        return Text(too_narrow(width))
+    now = time.time() if now is None else now
+    finite = math.isfinite(budget)
+    if not points:
+        cap = f"of your budget {budget:g}" if finite else "(no budget limit)"
+        return Text(f"No participation yet: ε this year is 0 {cap}.")
+    cells = width - _AXIS_WIDTH - 1 - _EPS_NOTE_WIDTH
+    start = now - YEAR_S
+    values = [_epsilon_at(points, start + (c + 1) * YEAR_S / cells) for c in range(cells)]
+    top = max([*values, budget if finite else 0.0]) * 1.15 or 1.0
+    unit = top / height
+    budget_row = min(height - 1, int(budget / unit)) if finite else -1
+    current = values[-1]
+    chart = Text(no_wrap=True, overflow="crop")
+    for row in range(height - 1, -1, -1):
+        label = f"{budget:g}" if row == budget_row else ("" if row else "0")
+        chart.append(f"{label:>{_AXIS_WIDTH}}│")
+        for value in values:
+            part = round(max(0.0, min(1.0, (value - row * unit) / unit)) * 8)
+            if part:
+                chart.append(_COLUMN_BLOCKS[part], style="cyan" if color else "")
+            elif row == budget_row:
+                chart.append("┄", style="red" if color else "")
+            else:
+                chart.append(" ")
+        note = ""
+        if row == budget_row:
+            note = f" budget {budget:g}"
+        elif row == min(height - 1, int(current / unit)) and row != budget_row:
+            note = f" now {current:.3g}"
+        chart.append(f"{note:<{_EPS_NOTE_WIDTH}}\n")
+    chart.append(f"{'':>{_AXIS_WIDTH}}└{'─' * cells}\n")
+    first = time.strftime("%Y-%m-%d", time.localtime(start))
+    chart.append(f"{'':>{_AXIS_WIDTH}} {first}{'today':>{cells - len(first)}}")
     return chart

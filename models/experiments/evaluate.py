@@ -5,6 +5,7 @@ first stage with its top candidates rescored by the foundation model, no adapter
 ``persona-shared`` (the whole system, :mod:`models.experiments.persona`). Protocols:
 :mod:`models.evaluation.protocols`. The first-stage models (central, federated) also report the cheap non-LM
 reranker of their top 20 (:mod:`models.experiments.feature_rerank`) and its ΔNDCG@10 with a bootstrap interval.
+The ``query`` protocol (requests written from the held-out item's metadata) is :mod:`models.experiments.query`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from models.evaluation.stats import compare_ranks
 from models.experiments.feature_rerank import FeatureContext, feature_rerank_row
 from models.experiments.persona import PersonaConfig, evaluate_persona
 from models.experiments.persona_coldstart import evaluate_persona_coldstart
+from models.experiments.query import evaluate_query
 from models.federation import Aggregator
 from models.firststage.fit import cold_private_model, train_federated, train_model
 from models.firststage.recipe import CentralConfig, FederatedConfig
@@ -120,7 +122,21 @@ def evaluate(
     start = time.perf_counter()
     metrics: dict[str, Any]
     valid_metrics: dict[str, Any]
-    if name == "persona-base":
+    if protocol == "query":
+        if catalog is None:
+            raise PersonaError("The query protocol needs the catalog's metadata.", hint="Pass the dataset's catalog.")
+        metrics, valid_metrics, selected = evaluate_query(
+            name,
+            split,
+            text_vectors,
+            catalog,
+            federated=federated,
+            central=central,
+            aggregator=aggregator,
+            seed=federated.seed,
+            progress=progress,
+        )
+    elif name == "persona-base":
         if protocol != "loo99" or catalog is None:
             raise PersonaError(
                 "persona-base is measured on the loo99 protocol only.", hint="Use --protocol loo99 with this model."

@@ -11,14 +11,19 @@ validation lists of ``valid_users`` and the test lists of ``test_users`` of them
   bootstrap 95 % interval over users, and the same for :mod:`models.experiments.feature_rerank` (fitted on the
   cohort's validation lists) on the same test users and on every cohort user.
 
+:func:`run_listwise_pilot` (``--listwise``) measures the listwise scoring instead (:mod:`models.fm.listwise`): a
+shared listwise adapter trained centrally on the cohort's training lists, scored on validation lists only.
+
 Verdict (issue 12): GO iff AUC ≥ 0.60, the LR test is significant (p < 0.05), the blend's ΔNDCG@10 is at least
 +2 % of the first stage's NDCG@10 and above feature_rerank's on the same users; else NO-GO.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,10 +35,19 @@ from models.evaluation.metrics import summarize
 from models.evaluation.stats import compare_ranks, likelihood_ratio_test
 from models.experiments.feature_rerank import FeatureContext, candidate_lists, feature_rerank_row, positive_slot
 from models.experiments.persona_rerank import Candidates
-from models.firststage.fit import train_federated
+from models.firststage.fit import TrainedModel, train_federated
 from models.firststage.recipe import FederatedConfig
 from models.fm.assets import gguf_path, torch_dir
 from models.fm.blend import RerankedList, fm_auc, pick_weight, zscore
+from models.fm.listwise import (
+    ListwiseConfig,
+    ListwisePromptBuilder,
+    cache_lists,
+    score_list,
+    train_listwise_adapter,
+    training_lists,
+)
+from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
 from models.fm.prompts import PromptBuilder
 from models.fm.scoring import score_items
 from models.fm.serving import FoundationModel
@@ -100,12 +114,10 @@ def verdict(auc: float | None, p_value: float, blend_gain: float, first_ndcg: fl
     return "GO" if ok else "NO-GO"
 
 
-def run_pilot(
-    split: Split, text_vectors: FloatArray, catalog: Catalog, config: PilotConfig, progress: Progress | None = None
-) -> dict[str, Any]:
-    """Train the cohort's first stage, score the sampled lists with the base FM, and return the pilot's JSON."""
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+def _cohort_first_stage(
+    split: Split, text_vectors: FloatArray, config: PilotConfig | ListwisePilotConfig, progress: Progress | None
+) -> tuple[list[int], TrainedModel]:
+    """The pilot's seeded cohort and its federated first stage (``config.rounds`` rounds)."""
     cohort = _sample(sorted(split.users), config.cohort, [config.seed, 31])
     first = train_federated(
         split,
@@ -114,6 +126,16 @@ def run_pilot(
         users=cohort,
         progress=progress,
     )
+    return cohort, first
+
+
+def run_pilot(
+    split: Split, text_vectors: FloatArray, catalog: Catalog, config: PilotConfig, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train the cohort's first stage, score the sampled lists with the base FM, and return the pilot's JSON."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    cohort, first = _cohort_first_stage(split, text_vectors, config, progress)
     timings["first_stage_s"] = time.perf_counter() - clock
     ctx = FeatureContext.build(split.subset(cohort), text_vectors, catalog)
     valid_users = _sample(cohort, config.valid_users, [config.seed, 13])
@@ -155,5 +177,109 @@ def run_pilot(
         "verdict": verdict(
             auc["test"], lr["p_value"], blend_vs["delta_ndcg10"], first_ndcg, feature_vs["delta_ndcg10"]
         ),
+        "timings_s": {key: round(value, 1) for key, value in timings.items()},
+    }
+
+
+@dataclass(frozen=True)
+class ListwisePilotConfig:
+    """How big the listwise pilot is (``scripts/pilot_fm.py --listwise``; seeded samples)."""
+
+    cohort: int = 300  # users the first stage trains on; their training lists train the adapter
+    rounds: int = 15  # federated rounds of the first stage
+    train_users: int = 300  # cohort users with a training list (one each: the last training item held out)
+    valid_users: int = 100  # cohort users whose validation lists are scored (halves: weight pick / report)
+    epochs: int = 2
+    lr: float = 3e-3  # untuned: no listwise run at this scale yet
+    lam: float = 0.5
+    tau: float = 0.5
+    threads: int | None = None
+    seed: int = 0
+
+
+def _listwise_scores(
+    fm: FoundationModel, builder: ListwisePromptBuilder, split: Split, lists: dict[int, Candidates]
+) -> list[RerankedList]:
+    """One listwise prompt per user: the letter logits of the first stage's top K, as blendable lists."""
+    return [
+        RerankedList(
+            c.top,
+            c.first[c.top],
+            score_list(fm, builder, split.users[u].train, c.items[c.top].tolist()),
+            c.positive_first_rank,
+        )
+        for u, c in lists.items()
+    ]
+
+
+def _blend_report(lists: list[RerankedList], seed: int) -> dict[str, Any]:
+    """Within-list AUC, the LR test, and ΔNDCG@10 of the blend vs the first stage on the second half of the users
+    with the weight picked on the first half (selection never sees the users it is reported on)."""
+    order = np.random.default_rng([seed, 41]).permutation(len(lists))
+    pick = [lists[i] for i in order[: len(lists) // 2]]
+    report = [lists[i] for i in order[len(lists) // 2 :]]
+    weight, _ = pick_weight(pick)
+    first_ranks = [lst.rank(0.0) for lst in report]
+    return {
+        "auc_in_top_k": fm_auc(lists),
+        "lr_test": likelihood_ratio_test(*lr_rows(lists)),
+        "blend_weight_picked_on_half": weight,
+        "vs_first_stage_other_half": compare_ranks([lst.rank(weight) for lst in report], first_ranks),
+        "first_stage_other_half": summarize(first_ranks),
+        "lm_alone_other_half": summarize([lst.rank(1e6) for lst in report]),
+    }
+
+
+def run_listwise_pilot(
+    split: Split,
+    text_vectors: FloatArray,
+    catalog: Catalog,
+    config: ListwisePilotConfig,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train a shared listwise adapter centrally on the cohort's training lists and measure it on validation lists
+    (base model and adapter), as :func:`_blend_report` describes. Test lists are never read."""
+    # torch: the pilot trains the adapter in this process
+    from models.fm.torch_model import TorchFM
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    cohort, first = _cohort_first_stage(split, text_vectors, config, progress)
+    timings["first_stage_s"] = time.perf_counter() - clock
+    train_users = _sample(cohort, config.train_users, [config.seed, 19])
+    valid_users = _sample(cohort, config.valid_users, [config.seed, 13])
+    lw = ListwiseConfig(epochs=config.epochs, lr=config.lr, lam=config.lam, tau=config.tau, seed=config.seed)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    clock = time.perf_counter()
+    examples = training_lists(split, first.score_all, train_users, lw)
+    torch_fm = TorchFM(threads=config.threads)
+    weights = LoraWeights.init(default_shared_spec(len(torch_fm.layers)), torch_fm.shapes())
+    cached = cache_lists(torch_fm, builder, examples, weights.spec.layers[0], lw, progress=progress)
+    timings["cache_s"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    trained, losses = train_listwise_adapter(torch_fm, "shared", weights, cached, lw, progress=progress)
+    timings["train_s"] = time.perf_counter() - clock
+    del cached, torch_fm
+    clock = time.perf_counter()
+    valid_lists = candidate_lists(split, first.score_all, valid_users, "valid", lw.k)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "shared_listwise.gguf"
+        export_gguf(trained, path)
+        with FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm:
+            base = _listwise_scores(fm, builder, split, valid_lists)
+            fm.load_adapter("shared", path)
+            fm.set_scales(shared=1.0)
+            adapted = _listwise_scores(fm, builder, split, valid_lists)
+    timings["valid_scoring_s"] = time.perf_counter() - clock
+    return {
+        "config": asdict(config),
+        "training_lists": {
+            "lists": len(examples),
+            "with_target_in_top_k": sum(e.target is not None for e in examples),
+            "epoch_losses": losses,
+        },
+        "valid_lists_with_positive_in_top_k": sum(positive_slot(c) is not None for c in valid_lists.values()),
+        "base_listwise": _blend_report(base, config.seed),
+        "shared_listwise": _blend_report(adapted, config.seed),
         "timings_s": {key: round(value, 1) for key, value in timings.items()},
     }

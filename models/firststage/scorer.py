@@ -150,6 +150,27 @@ def scores(state: FloatArray, vectors: FloatArray, bias: FloatArray) -> FloatArr
     return vectors @ state + bias
 
 
+QUERY_WEIGHT = 0.25
+"""The default pull of a query on the user state, relative to the state's own norm (``[agent] query_weight``):
+validation's pick on the query protocol (``agent eval --protocol query``; 1.0 cost a third of NDCG@10)."""
+
+
+def query_vector(shared: SharedParams, text_vector: FloatArray) -> FloatArray:
+    """A query's text vector (MiniLM) projected into item space, as an item with that text and no residual would be."""
+    return np.asarray(text_vector @ shared.text_proj, dtype=np.float32)
+
+
+def with_query(state: FloatArray, query: FloatArray, weight: float = QUERY_WEIGHT) -> FloatArray:
+    """The user state pulled toward a query's item-space vector (:func:`query_vector`).
+
+    The query is rescaled to ``weight`` times the state's norm (or to norm ``weight`` when the state is zero, as for
+    a newcomer), so the same weight means the same balance between taste and request for every user.
+    """
+    norm = float(np.linalg.norm(state))
+    scale = weight * (norm if norm > 1e-6 else 1.0) / max(float(np.linalg.norm(query)), 1e-9)
+    return np.asarray(state + scale * query, dtype=np.float32)
+
+
 def history_tail(shared: SharedParams, history: IntArray) -> IntArray:
     """The last ``window`` items of a history: the ones the state pools."""
     return np.asarray(history, dtype=np.int64)[-shared.window :]

@@ -29,20 +29,16 @@ class AnswerTokens:
     no: int
 
 
-class PromptBuilder:
-    """Builds token-id prompts for one catalog."""
+class TokenPrompts:
+    """What every prompt builder shares: the tokenizer (no padding, no truncation), the catalog, how many history
+    items a prompt holds, and text → token ids."""
 
-    def __init__(self, tokenizer_file: Path, catalog: Catalog, *, history_items: int = HISTORY_ITEMS) -> None:
+    def __init__(self, tokenizer_file: Path, catalog: Catalog, *, history_items: int) -> None:
         self._tok = Tokenizer.from_file(str(tokenizer_file))
         self._tok.no_padding()
         self._tok.no_truncation()
         self.catalog = catalog
         self.history_items = history_items
-        self.answers = AnswerTokens(yes=self._single(" Yes"), no=self._single(" No"))
-        self._item_piece = lru_cache(maxsize=None)(self._item_piece_uncached)
-        self._head = self._ids("Movies I liked:")
-        self._question = self._ids("\nLike it?")
-        self._next = self._ids("\nNext:")
 
     def _ids(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -52,6 +48,18 @@ class PromptBuilder:
         if len(ids) != 1:
             raise ValueError(f"{text!r} is not a single token for this tokenizer: {ids}")
         return ids[0]
+
+
+class PromptBuilder(TokenPrompts):
+    """Builds token-id prompts for one catalog."""
+
+    def __init__(self, tokenizer_file: Path, catalog: Catalog, *, history_items: int = HISTORY_ITEMS) -> None:
+        super().__init__(tokenizer_file, catalog, history_items=history_items)
+        self.answers = AnswerTokens(yes=self._single(" Yes"), no=self._single(" No"))
+        self._item_piece = lru_cache(maxsize=None)(self._item_piece_uncached)
+        self._head = self._ids("Movies I liked:")
+        self._question = self._ids("\nLike it?")
+        self._next = self._ids("\nNext:")
 
     def _item_piece_uncached(self, item: int) -> tuple[int, ...]:
         return tuple(self._ids(" " + self.catalog.label(item) + ";"))

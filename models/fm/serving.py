@@ -116,6 +116,7 @@ class FoundationModel:
         self._adapters: dict[str, object] = {}
         self._scales: dict[str, float] = {}
         self._batch = llama_cpp.llama_batch_init(n_ctx, 0, max_candidates + 1)
+        self._n_ctx = n_ctx
 
     def close(self) -> None:
         """Free the native model, context, batch and adapters."""
@@ -185,6 +186,29 @@ class FoundationModel:
             batch.logits[i] = logits
         if self._lib.llama_decode(self._ctx, batch) != 0:
             raise RuntimeError("llama_decode failed (context too small for this prompt?)")
+
+    def letter_scores(self, prompt: Sequence[int], letters: Sequence[int]) -> NDArray[np.float32]:
+        """The logits of ``letters`` after ``prompt``: one decode with an output at the last position only.
+
+        llama.cpp then computes that one position's output row (640 × 262k, about the cost of two prompt tokens)
+        and this reads the ``letters`` entries of it. Its embeddings mode would hand back the hidden state for a
+        20-row product instead, but it marks every position as an output (measured: 2.4× the time of the decode).
+        """
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) > self._n_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds the context of {self._n_ctx}")
+        if any(not 0 <= int(i) < self.n_vocab for i in letters):
+            raise ValueError(f"letter token ids must lie in [0, {self.n_vocab}): {list(letters)}")
+        lib = self._lib
+        memory = lib.llama_get_memory(self._ctx)
+        lib.llama_memory_clear(memory, True)
+        last = len(prompt) - 1
+        self._decode([(t, p, 0, p == last) for p, t in enumerate(prompt)])
+        logits = lib.llama_get_logits_ith(self._ctx, last)
+        out = np.array([logits[i] for i in letters], dtype=np.float32)
+        lib.llama_memory_clear(memory, True)
+        return out
 
     def score(
         self, prefix: Sequence[int], suffixes: Sequence[Sequence[int]], answers: AnswerTokens

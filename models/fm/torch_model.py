@@ -3,6 +3,7 @@
 Runs only in the training worker and the evaluation harness (it imports torch and transformers). The loss uses
 only the " Yes"/" No" rows of the tied embedding matrix at the answer position, so a step never computes the
 262k-token softmax; lower layers carry no trainable parameters, so backward stops at the first adapted layer.
+The listwise head (:mod:`models.fm.listwise`) likewise uses only the 20 letter rows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,18 @@ from numpy.typing import NDArray
 from models.fm.assets import require_torch_copy
 from models.fm.lora import TARGETS, LoraWeights
 from models.fm.prompts import AnswerTokens
+from models.types import Progress
+
+
+def listwise_loss(logits: torch.Tensor, targets: torch.Tensor, teacher: torch.Tensor, lam: float) -> torch.Tensor:
+    """Mean over lists of [target known]·CE(letter logits, target letter) + ``lam``·KL(softmax(teacher) ‖
+    softmax(letter logits)); ``targets`` holds −1 where the target is not in the list (distillation only)."""
+    log_q = torch.log_softmax(logits, dim=1)
+    has = targets >= 0
+    ce = -log_q.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1) * has.to(logits.dtype)
+    log_p = torch.log_softmax(teacher, dim=1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)
+    return (ce + lam * kl).mean()
 
 
 class _LoraLinear(torch.nn.Module):
@@ -170,13 +183,17 @@ class TorchFM:
 
     def top_answer_logits(self, cache: TopCache, answers: AnswerTokens) -> torch.Tensor:
         """(n, 2) answer logits computed from a :class:`TopCache` through the top layers only."""
+        return self._answer_head(self._top_last_hidden(cache), answers)
+
+    def _top_last_hidden(self, cache: TopCache) -> torch.Tensor:
+        """(n, d) final (normed) hidden state at each prompt's last token, through the top layers only."""
         h = cache.hidden
         for offset, layer in enumerate(self.layers[cache.first :]):
             h = layer(h, **cache.layer_kwargs[offset])
             if isinstance(h, tuple):
                 h = h[0]
         h = self.model.model.norm(h)
-        return self._answer_head(h[torch.arange(h.shape[0]), cache.last], answers)
+        return h[torch.arange(h.shape[0]), cache.last]  # type: ignore[no-any-return]
 
     def train_cached(
         self,
@@ -239,6 +256,57 @@ class TorchFM:
                 idx = order[start : start + steps_batch]
                 losses.append(self._step(opt, self.answer_logits([prompts[i] for i in idx], answers), target[idx]))
         return float(np.mean(losses)) if losses else 0.0
+
+    def letter_logits(self, prompts: Sequence[Sequence[int]], letters: Sequence[int]) -> torch.Tensor:
+        """(n, len(letters)) logits of the letter tokens at the end of each prompt, from those rows of the tied
+        embedding matrix only (right-padded batch)."""
+        n = len(prompts)
+        ids, mask = self._batch(prompts)
+        hidden = self.model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return hidden[torch.arange(n), mask.sum(1) - 1] @ self.embed[list(letters)].T  # type: ignore[no-any-return]
+
+    def top_letter_logits(self, cache: TopCache, letters: Sequence[int]) -> torch.Tensor:
+        """(n, len(letters)) letter logits computed from a :class:`TopCache` through the top layers only."""
+        return self._top_last_hidden(cache) @ self.embed[list(letters)].T  # type: ignore[no-any-return]
+
+    def letter_scores(self, prompt: Sequence[int], letters: Sequence[int]) -> NDArray[np.float32]:
+        """The logits of ``letters`` after ``prompt``, as the llama.cpp runtime scores a list."""
+        with torch.no_grad():
+            return self.letter_logits([prompt], letters)[0].numpy().astype(np.float32)
+
+    def train_listwise_cached(
+        self,
+        name: str,
+        caches: Sequence[TopCache],
+        targets: Sequence[Sequence[int]],
+        teachers: Sequence[NDArray[np.floating]],
+        letters: Sequence[int],
+        *,
+        lr: float,
+        epochs: int = 1,
+        lam: float = 0.5,
+        progress: Progress | None = None,
+    ) -> list[float]:
+        """Train adapter ``name`` on cached listwise batches (one step per cache): :func:`listwise_loss` with the
+        target letter per list (−1: none) and the teacher's logits; the mean loss of each epoch (before its steps)."""
+        opt = self._optimizer(name, lr)
+        data = [
+            (cache, torch.tensor(list(t), dtype=torch.long), torch.as_tensor(np.asarray(p), dtype=torch.float32))
+            for cache, t, p in zip(caches, targets, teachers, strict=True)
+        ]
+        out = []
+        for epoch in range(epochs):
+            losses = []
+            for cache, target, teacher in data:
+                loss = listwise_loss(self.top_letter_logits(cache, letters), target, teacher, lam)
+                opt.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                losses.append(float(loss.detach()))
+            out.append(float(np.mean(losses)))
+            if progress is not None:
+                progress("listwise_epoch", {"epoch": epoch + 1, "loss": out[-1]})
+        return out
 
     def _answer_head(self, last: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
         """(n, 2) logits of the two answers from the final hidden state at each prompt's last token."""

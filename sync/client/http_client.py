@@ -66,6 +66,15 @@ def _response_bytes(response: httpx.Response) -> int:
     return head + len(response.content)
 
 
+def retry_after(response: httpx.Response, cap: float) -> float:
+    """Seconds a 429 asks to wait (its ``Retry-After`` in seconds; 1 when absent or an HTTP date), within [0, cap]."""
+    try:
+        wait = float(response.headers.get("retry-after", "1"))
+    except ValueError:
+        wait = 1.0
+    return min(max(wait, 0.0), cap) if math.isfinite(wait) else cap
+
+
 class StageWatcher:
     """Waits for rounds to reach stages by long-polling the coordinator.
 
@@ -156,6 +165,7 @@ class AgentClient:
     watcher: StageWatcher | None = None
     traffic: Traffic = field(default_factory=Traffic)
     retry_seconds: float = 60.0
+    max_retry_after: float = 30.0  # a 429's Retry-After is honoured up to this many seconds a wait
     _nonce: int = 0
 
     def _next_nonce(self) -> int:
@@ -165,7 +175,10 @@ class AgentClient:
     async def request(
         self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None, signed: bool = True
     ) -> httpx.Response:
-        """One request, signed, retried on connection errors for ``retry_seconds``; 4xx raise CoordinatorError."""
+        """One request, signed, retried on connection errors for ``retry_seconds``; 4xx raise CoordinatorError.
+
+        A 429 (rate limited) is retried after its ``Retry-After`` (at most ``max_retry_after`` a wait) while the
+        ``retry_seconds`` last; past them it raises CoordinatorError like any other refusal."""
         if json_body is not None:
             body, content_type = json.dumps(json_body, separators=(",", ":")).encode(), JSON_TYPE
         elif content is not None:
@@ -195,6 +208,11 @@ class AgentClient:
             if response.status_code >= 500 and time.monotonic() < give_up:
                 await asyncio.sleep(0.5)
                 continue
+            if response.status_code == 429:
+                wait = retry_after(response, self.max_retry_after)
+                if time.monotonic() + wait <= give_up:
+                    await asyncio.sleep(wait)
+                    continue
             if response.status_code >= 400:
                 try:
                     doc = response.json()
@@ -203,9 +221,13 @@ class AgentClient:
                 raise CoordinatorError(response.status_code, doc.get("error", "http_error"), doc.get("detail", ""))
             return response
 
-    async def register(self) -> None:
-        """Register this agent's identity key (idempotent)."""
-        await self.request("POST", f"{API}/agents", json_body={"public_key": b64e(self.identity.public)})
+    async def register(self, enrollment: str | None = None) -> None:
+        """Register this agent's identity key (idempotent). A coordinator that requires enrollment takes a one-time
+        ``enrollment`` token the first time; once registered, the agent needs none."""
+        body = {"public_key": b64e(self.identity.public)}
+        if enrollment:
+            body["enrollment"] = enrollment.strip()
+        await self.request("POST", f"{API}/agents", json_body=body)
 
     async def fetch_shared(self) -> SharedVector:
         """The newest published shared vector, checked against its SHA-256 and the (pinned) coordinator key."""

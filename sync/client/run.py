@@ -8,6 +8,7 @@ whatever happens after joining.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -65,16 +66,25 @@ def run_sync(
     timeout: float = 300.0,
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
+    enrollment: str | None = None,
+    register: bool = True,
 ) -> SyncOutcome:
     """One full sync: register, fetch + verify the shared vector, ``compute_delta(shared) -> (delta, n_examples)``,
     one secure-aggregation round, fetch the new vector. Records a ledger entry whatever happens after joining.
     A round offering less noise than ``min_sigma`` is refused (what the agent's privacy budget was checked at).
+    ``verify`` checks an https coordinator (:func:`sync.client.tls.ssl_context`); ``enrollment`` is the one-time
+    token a coordinator that requires enrollment takes when this agent registers for the first time
+    (``register=False``: the caller registered it already).
     """
 
     async def go() -> SyncOutcome:
-        async with httpx.AsyncClient(base_url=url, transport=transport, timeout=httpx.Timeout(30.0)) as http:
+        async with httpx.AsyncClient(
+            base_url=url, transport=transport, timeout=httpx.Timeout(30.0), verify=verify
+        ) as http:
             client = AgentClient(http, identity, coordinator_key=coordinator_key, min_sigma=min_sigma)
-            await client.register()
+            if register:
+                await client.register(enrollment)
             current = await client.fetch_shared()
             if progress:
                 progress("fetched", {"version": current.version})

@@ -5,6 +5,11 @@ Every refusal is a 4xx JSON body ``{"error": REASON, "detail": TEXT}`` where REA
 ``wrong_round``, ``wrong_stage``, ``late_submission``, ``round_abandoned``, ``unknown_agent``, ``missing_signature``,
 ``bad_signature``, ``invalid_nonce``, ``replayed_nonce``, ``not_in_cohort``, ``already_submitted``, ``cohort_full``,
 ``not_found``, ``method_not_allowed``, ... A refused request changes nothing but the agent's nonce.
+
+Who may join (:mod:`sync.coordinator.access`): registering a new agent takes a one-time enrollment token (401
+``enrollment_required``, 403 ``invalid_enrollment`` / ``enrollment_used``) unless the policy is open; signed
+requests of each agent and new registrations from each client address are rate-limited (429 ``rate_limited`` with
+``Retry-After``).
 """
 
 from __future__ import annotations
@@ -22,9 +27,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from sync.coordinator.access import (
+    AccessPolicy,
+    RateLimited,
+    TokenBuckets,
+    enrollment_store,
+    retry_after_header,
+    token_hash,
+)
 from sync.coordinator.openapi import OPENAPI
 from sync.coordinator.rejection import Rejection
-from sync.coordinator.service import Coordinator
+from sync.coordinator.service import Coordinator, check_self_signed
 from sync.protocol.wire import (
     API,
     BINARY_TYPE,
@@ -112,6 +125,13 @@ def _signer(request: Request) -> tuple[str, int, bytes]:
         raise Rejection(401, "bad_signature", "x-signature is not base64") from error
 
 
+def _enrollment_field(doc: dict[str, Any]) -> str | None:
+    token = doc.get("enrollment")
+    if token is not None and (not isinstance(token, str) or not token.strip() or len(token) > 200):
+        raise Rejection(400, "invalid_body", "field 'enrollment' must be an enrollment token (a short string)")
+    return token
+
+
 def _signed_path(request: Request) -> str:
     query = request.url.query
     return request.url.path + (f"?{query}" if query else "")
@@ -138,10 +158,17 @@ async def _http_error(_request: Request, error: Exception) -> Response:
     return response
 
 
-def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlette:
-    """The ASGI app around one :class:`Coordinator`; a background task closes stages at their deadlines."""
+def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2, access: AccessPolicy | None = None) -> Starlette:
+    """The ASGI app around one :class:`Coordinator`; a background task closes stages at their deadlines.
+
+    ``access`` says who may register and the rate limits (default :class:`AccessPolicy`: enrollment tokens
+    required, limits on)."""
+    access = access or AccessPolicy()
     limit = coordinator.config.body_limit(coordinator.vector_size)
     changed: dict[str, asyncio.Event] = {}
+    per_agent = TokenBuckets(access.agent_rate, access.agent_burst)
+    per_address = TokenBuckets(access.register_rate, access.register_burst)
+    tokens = None if access.open_enrollment else enrollment_store(coordinator.state)
 
     def call(fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return anyio.to_thread.run_sync(lambda: fn(*args))
@@ -154,6 +181,7 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
 
         def run() -> T:
             coordinator.authenticate(agent, nonce, signature, method, path, body)
+            per_agent.take(agent, f"agent {agent}")
             return act(agent, body)
 
         return await anyio.to_thread.run_sync(run)
@@ -163,7 +191,10 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
             try:
                 return await handler(request)
             except Rejection as rejection:
-                return _error(rejection.status, rejection.reason, rejection.detail)
+                response = _error(rejection.status, rejection.reason, rejection.detail)
+                if isinstance(rejection, RateLimited):
+                    response.headers["retry-after"] = retry_after_header(rejection)
+                return response
 
         return wrapper
 
@@ -176,12 +207,44 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
     async def coordinator_key(_request: Request) -> Response:
         return JSONResponse({"public_key": b64e(coordinator.public_key)})
 
+    def admit(
+        key: bytes, agent: str, nonce: int, signature: bytes, message: bytes, token: str | None, address: str
+    ) -> str:
+        """Register ``agent`` if it may: a known agent re-registers freely (its own bucket); a new one is charged to
+        its client address and, unless enrollment is open, spends a valid unused token (bound to it for good)."""
+        with coordinator.lock:
+            known = coordinator.state.agent(agent) is not None
+        if not known:
+            per_address.take(address, f"client {address}")
+        # checked before a token is spent or a bucket charged: a request the key did not sign costs its owner nothing
+        check_self_signed(key, agent, signature, message)
+        if known:
+            per_agent.take(agent, f"agent {agent}")
+        elif tokens is not None:
+            if token is None:
+                raise Rejection(
+                    401,
+                    "enrollment_required",
+                    "a new agent registers with an enrollment token (field 'enrollment') issued by the operator "
+                    "of this coordinator (agent-coordinator enroll)",
+                )
+            with coordinator.lock:
+                outcome = tokens.claim_enrollment(token_hash(token), agent, coordinator.clock())
+            if outcome == "unknown":
+                raise Rejection(403, "invalid_enrollment", "this enrollment token was not issued by this coordinator")
+            if outcome == "used":
+                raise Rejection(403, "enrollment_used", "this enrollment token has already registered another agent")
+        return coordinator.register(key, agent, nonce, signature, message)
+
     async def register(request: Request) -> Response:
         body = await _body(request, limit, JSON_TYPE)
         agent, nonce, signature = _signer(request)
-        key = _bytes_field(_json(body), "public_key")
+        doc = _json(body)
+        key = _bytes_field(doc, "public_key")
+        token = _enrollment_field(doc)
         message = request_message(request.method, _signed_path(request), nonce, body)
-        agent_id = await call(coordinator.register, key, agent, nonce, signature, message)
+        address = request.client.host if request.client else "unknown"
+        agent_id = await call(admit, key, agent, nonce, signature, message, token, address)
         return JSONResponse({"agent_id": agent_id}, status_code=201)
 
     async def shared(_request: Request) -> Response:
@@ -193,6 +256,7 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2) -> Starlet
                 "signature": b64e(latest.signature),
                 "round_id": latest.round_id,
                 "size": coordinator.vector_size,
+                "layout": [{"name": n, "size": k} for n, k in coordinator.rounds.layout],
                 "public_key": b64e(coordinator.public_key),
             }
         )

@@ -16,8 +16,8 @@ ENV_PREFIX = "PERSONA_COORDINATOR_"
 class CoordinatorConfig:
     """Everything the coordinator can be told; each field is also the variable PERSONA_COORDINATOR_<NAME>."""
 
-    db: Path = Path("coordinator.sqlite3")
-    """SQLite file holding all state (WAL mode)."""
+    db: str | Path = Path("coordinator.sqlite3")
+    """Where all state lives: a SQLite file path (or sqlite:///PATH), or a postgresql://USER@HOST:PORT/DB URL."""
     vector_size: int = 0
     """When nothing is published yet: publish this many zeros as version 0 instead of the catalog's bootstrap vector."""
     catalog: str = "ml-100k"
@@ -40,7 +40,12 @@ class CoordinatorConfig:
     unmask_s: float = 30.0
     """Deadline of the unmask stage (seconds)."""
     clip: float = PrivacyParams.clip
-    """C: L2 bound of each agent's shared delta."""
+    """C: L2 bound of each agent's shared delta (of its θ_g part when the federation also carries φ_g)."""
+    phi_size: int = 0
+    """When nothing is published yet: append this many zeros as the language model's shared adapter φ_g (the FFA B
+    factors, 61440 for the built-in model) to version 0, so every round carries θ_g and φ_g; 0: θ_g only."""
+    clip_phi: float = rules.SYNC_CLIP_PHI
+    """C_φ: L2 bound of the φ_g part of each agent's delta (the noise covers the joint bound √(C² + C_φ²))."""
     sigma: float = PrivacyParams.sigma
     """σ: the unmasked sum carries Gaussian noise of standard deviation σ·C per element."""
     weight_cap: float = PrivacyParams.weight_cap
@@ -71,7 +76,7 @@ class CoordinatorConfig:
         for f in fields(cls):
             raw = os.environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                kind = type(getattr(cls, f.name)) if f.name != "db" else Path
+                kind = type(getattr(cls, f.name)) if f.name != "db" else str
                 try:
                     values[f.name] = kind(raw)
                 except ValueError as error:

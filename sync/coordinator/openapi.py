@@ -1,7 +1,8 @@
 """The coordinator's OpenAPI description (served at ``/openapi.json``): every operation with its path and query
 parameters, the signature headers of the signed ones, the JSON schema (or binary type) of every request body, its
 success status and the error body every refusal carries — enough for a generic client generator or fuzzer to reach
-every operation.
+every operation. Who may join is declared too: the ``enrollment`` token of a registration, its 401/403 refusals and
+the 429 (with ``Retry-After``) of the rate limits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,23 @@ _SHARES = {
     "additionalProperties": {"$ref": "#/components/schemas/Base64"},
 }
 _SIGNED = [{"$ref": f"#/components/parameters/{name}"} for name in ("AgentId", "Nonce", "Signature")]
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+_UNAUTHORIZED = _refusal(
+    "missing_signature, invalid_nonce, bad_signature, unknown_agent; on registration also enrollment_required "
+    "(a new agent without an enrollment token)"
+)
+_FORBIDDEN = _refusal("invalid_enrollment (not a token of this coordinator) or enrollment_used (it registered another)")
+_RATE_LIMITED = {
+    **_refusal("rate_limited: this agent (or, registering, this client address) is over its request rate"),
+    "headers": {
+        "Retry-After": {"description": "Seconds until a request would be accepted", "schema": {"type": "integer"}}
+    },
+}
 
 
 def _int_param(name: str, description: str) -> dict[str, Any]:
@@ -54,6 +72,9 @@ def _op(
             },
         },
     }
+    if signed:
+        op["responses"]["401"] = _UNAUTHORIZED
+        op["responses"]["429"] = _RATE_LIMITED
     parameters = [*params, *(_SIGNED if signed else ())]
     if parameters:
         op["parameters"] = parameters
@@ -98,7 +119,14 @@ OPENAPI: dict[str, Any] = {
         "title": "Persona coordinator",
         "version": "1",
         "description": "Rounds of secure aggregation of clipped, noised, quantized, masked shared deltas. "
-        "Signed operations carry x-agent-id, x-nonce and x-signature (see the Signature parameter).",
+        "Signed operations carry x-agent-id, x-nonce and x-signature (see the Signature parameter). "
+        "A new agent registers with a one-time enrollment token issued by the operator (agent-coordinator enroll); "
+        "a registered agent needs none again. Signed requests of each agent and registrations from each client "
+        "address are rate-limited (429 with Retry-After). "
+        "Transport: a coordinator reachable from other machines is served over HTTPS (serve --certfile/--keyfile, or "
+        "a TLS proxy in front); agents verify it against their system trust store, a CA file, or the SHA-256 "
+        "fingerprint of its certificate pinned in their config (serve prints it), and refuse plain HTTP to "
+        "anything but their own machine unless told otherwise.",
     },
     "paths": {
         "/healthz": {"get": _op("Liveness")},
@@ -146,7 +174,16 @@ OPENAPI: dict[str, Any] = {
             "Registration": {
                 "type": "object",
                 "required": ["public_key"],
-                "properties": {"public_key": {**_BASE64, "description": "raw Ed25519 public key (32 bytes)"}},
+                "properties": {
+                    "public_key": {**_BASE64, "description": "raw Ed25519 public key (32 bytes)"},
+                    "enrollment": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 200,
+                        "description": "one-time enrollment token (agent-coordinator enroll); required to register a "
+                        "new agent unless the coordinator has open enrollment, ignored for a registered one",
+                    },
+                },
             },
             "Advertise": {
                 "type": "object",
@@ -195,3 +232,4 @@ OPENAPI: dict[str, Any] = {
         },
     },
 }
+OPENAPI["paths"][f"{API}/agents"]["post"]["responses"]["403"] = _FORBIDDEN

@@ -3,11 +3,18 @@ server optimizer that turns a round's unmasked mean delta into the next version.
 
 A published version is never rewritten; its signature covers ``persona-shared|VERSION|SHA256`` (``sync.protocol
 .wire.shared_message``), which every agent checks against the coordinator key it pinned at first contact.
+
+One version holds every shared part: the blob is the float32 concatenation ``[θ_g ; φ_g]`` in the order of the
+coordinator's **layout** (part names and sizes, fixed when version 0 is published and kept in the state's meta), so
+applying, versioning and signing have one code path whatever the number of parts. The server step differs per
+part: FedAdam on θ_g (as the first stage's federation trains it), a plain FedAvg step on φ_g (as the adapter
+trainer does; Adam's per-element normalisation would turn a noise-only mean into full-size steps).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +24,10 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from models.federation import FedAdam
 from sync.coordinator.rejection import Rejection
-from sync.coordinator.state import CoordinatorState, Published
+from sync.coordinator.storage import CoordinatorStore, Published
 from sync.protocol import secagg
+from sync.protocol.privacy import PHI, THETA
+from sync.protocol.rules import SYNC_PHI_SERVER_LR
 from sync.protocol.wire import shared_message
 
 FloatVector = np.ndarray[Any, np.dtype[np.float32]]
@@ -29,7 +38,7 @@ InitialVector = FloatVector | Callable[[], FloatVector]
 class Publisher:
     """The published versions of one coordinator, its signing key and its FedAdam server step."""
 
-    def __init__(self, state: CoordinatorState, clock: Callable[[], float]) -> None:
+    def __init__(self, state: CoordinatorStore, clock: Callable[[], float]) -> None:
         """Load the signing key from ``state``, creating it the first time."""
         self.state = state
         self.clock = clock
@@ -46,22 +55,44 @@ class Publisher:
         """The coordinator's Ed25519 public key (raw), which signs every published shared vector."""
         return secagg.raw_public(self.signing_key)
 
-    def ensure_initial(self, initial: InitialVector | None, vector_size: int) -> int:
-        """Publish version 0 if nothing is published yet (``initial``, else ``vector_size`` zeros); the length.
+    def ensure_initial(self, initial: InitialVector | None, vector_size: int, *, phi_size: int = 0) -> int:
+        """Publish version 0 if nothing is published yet (``initial``, else ``vector_size`` zeros) as θ_g, followed by
+        ``phi_size`` zeros as φ_g when positive (the FFA ``B`` factors start at zero); the total length.
 
-        ``initial`` may be a function making the vector: it is called only when nothing is published.
+        ``initial`` may be a function making the vector: it is called only when nothing is published. With a
+        version published, the stored layout stands; ValueError when a positive ``phi_size`` disagrees with it.
         """
+        if phi_size < 0:
+            raise ValueError(f"the shared LoRA part cannot have {phi_size} values")
         latest = self.state.latest_vector()
         if latest is not None:
-            return len(latest) // 4
+            size = len(latest) // 4
+            stored = dict(self.layout(size))
+            if phi_size > 0 and stored.get(PHI) != phi_size:
+                raise ValueError(
+                    f"this coordinator's state publishes a layout {self.layout(size)}: it cannot switch to a shared "
+                    f"LoRA part of {phi_size:,} values (start a new state, or leave the LoRA size unset)"
+                )
+            return size
         if callable(initial):
             initial = initial()
         if initial is None:
             if vector_size <= 0:
                 raise ValueError("nothing is published yet: give an initial vector (--init-shared) or --vector-size")
             initial = np.zeros(vector_size, dtype=np.float32)
-        self.publish(np.asarray(initial, dtype="<f4").ravel(), None)
-        return int(initial.size)
+        theta = np.asarray(initial, dtype="<f4").ravel()
+        layout = [(THETA, int(theta.size))] + ([(PHI, phi_size)] if phi_size else [])
+        self.state.put_meta("layout", json.dumps(layout).encode())
+        self.publish(np.concatenate([theta, np.zeros(phi_size, dtype="<f4")]), None)
+        return int(theta.size) + phi_size
+
+    def layout(self, vector_size: int) -> list[tuple[str, int]]:
+        """The published vector's parts, ``[(name, size), ...]`` in order (θ_g alone for a state that predates
+        layouts)."""
+        raw = self.state.meta("layout")
+        if raw is None:
+            return [(THETA, vector_size)]
+        return [(str(name), int(size)) for name, size in json.loads(bytes(raw).decode())]
 
     def publish(self, vector: np.ndarray[Any, np.dtype[Any]], round_id: int | None) -> Published:
         """Store ``vector`` as the next version, content-addressed and signed."""
@@ -86,15 +117,26 @@ class Publisher:
         return blob
 
     def server_step(self, mean: FloatVector, server_lr: float) -> FloatVector:
-        """FedAdam on the unmasked mean delta; its moments live in the database with the published vector."""
+        """The next vector from the unmasked mean delta: FedAdam on θ_g (its moments live in the database with the
+        published vector), a FedAvg step of :data:`~sync.protocol.rules.SYNC_PHI_SERVER_LR` on every other part."""
         current = np.frombuffer(self.blob(self.latest().version), dtype="<f4").astype(np.float32)
-        server = FedAdam(lr=server_lr)
-        for name in ("m", "v"):
-            raw = self.state.meta(f"fedadam_{name}")
-            if raw is not None:
-                setattr(server, name, np.frombuffer(raw, dtype="<f8").copy())
-        new = server.step(current, mean)
-        assert server.m is not None and server.v is not None
-        for name, value in (("m", server.m), ("v", server.v)):
-            self.state.put_meta(f"fedadam_{name}", value.astype("<f8").tobytes())
+        if mean.shape != current.shape:
+            raise ValueError(f"the mean delta has {mean.size} values, the published vector {current.size}")
+        new = current.copy()
+        start = 0
+        for name, size in self.layout(current.size):
+            part = slice(start, start + size)
+            start += size
+            if name != THETA:
+                new[part] = current[part] + np.float32(SYNC_PHI_SERVER_LR) * mean[part]
+                continue
+            server = FedAdam(lr=server_lr)
+            for moment in ("m", "v"):
+                raw = self.state.meta(f"fedadam_{moment}")
+                if raw is not None:
+                    setattr(server, moment, np.frombuffer(raw, dtype="<f8").copy())
+            new[part] = server.step(current[part], mean[part])
+            assert server.m is not None and server.v is not None
+            for moment, value in (("m", server.m), ("v", server.v)):
+                self.state.put_meta(f"fedadam_{moment}", value.astype("<f8").tobytes())
         return new

@@ -2,8 +2,11 @@
 
 Stages close at their deadline or when everyone answered; a round is abandoned below its minimum, else unmasked
 and published. The numbers a round is set up with (degree, threshold, minimum survivors, quantization) come from
-:mod:`sync.protocol.rules`. Everything accepted is written in the transaction that accepts it, including the
-running sum. Not thread-safe on its own: :class:`sync.coordinator.service.Coordinator` holds one lock.
+:mod:`sync.protocol.rules`; every round's quantization rotates with the seed derived from the round's public seed
+and fits the agents' upload budget. The round's privacy parameters carry the layout of the federated vector (its
+parts, each with its own clipping bound) and the joint bound the noise is calibrated to. Everything accepted is
+written in the transaction that accepts it, including the running sum. Not thread-safe on its own:
+:class:`sync.coordinator.service.Coordinator` holds one lock.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import numpy as np
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.publishing import Publisher
 from sync.coordinator.rejection import Rejection
-from sync.coordinator.state import CoordinatorState, Member, RoundRow
+from sync.coordinator.storage import CoordinatorStore, Member, RoundRow
 from sync.errors import ProtocolError
 from sync.protocol import rules, secagg
-from sync.protocol.masking import unpack
-from sync.protocol.privacy import weighted_mean
+from sync.protocol.masking import Quantization, rotation_seed, unpack
+from sync.protocol.privacy import PHI, THETA, Part, PrivacyParams, weighted_mean
 from sync.protocol.wire import TERMINAL, setup_from_json, stage_index
 
 UIntVector = np.ndarray[Any, np.dtype[np.uint32]]
@@ -75,7 +78,7 @@ class Rounds:
     def __init__(
         self,
         config: CoordinatorConfig,
-        state: CoordinatorState,
+        state: CoordinatorStore,
         publisher: Publisher,
         vector_size: int,
         *,
@@ -91,6 +94,33 @@ class Rounds:
         self.notify = notify
         self._sum: UIntVector | None = None
         self._sum_round: int | None = None
+        bounds = {THETA: config.clip, PHI: config.clip_phi}
+        layout = publisher.layout(vector_size)
+        self.layout: list[tuple[str, int]] = layout
+        """The published vector's parts, ``[(name, size), ...]`` in order (fixed for the coordinator's life)."""
+        self.privacy: PrivacyParams = (
+            PrivacyParams.for_parts(
+                [Part(name, size, bounds[name]) for name, size in layout],
+                sigma=config.sigma,
+                weight_cap=config.weight_cap,
+            )
+            if len(layout) > 1
+            else config.privacy
+        )
+        """What every round publishes: the layout with each part's bound, the joint bound C, σ and the weight cap."""
+        # refuse at start, not at the first full round, a cohort too large for the upload budget's bit width
+        self._quantization(config.max_cohort, bytes(32))
+
+    def _quantization(self, n: int, round_seed: bytes) -> Quantization:
+        survivors = rules.min_survivors(n, min_cohort=self.config.min_cohort, max_dropout=self.config.max_dropout)
+        return rules.round_quantization(
+            n,
+            clip=self.privacy.clip,
+            sigma=self.privacy.sigma,
+            survivors=survivors,
+            vector_size=self.vector_size + 1,
+            rotation=rotation_seed(round_seed),
+        )
 
     # -- reading -------------------------------------------------------------------------------------------------
 
@@ -140,7 +170,6 @@ class Rounds:
         """Public facts about a round (what /status and the long poll show)."""
         row = self._round(round_id)
         members, shared_keys, inputs, unmasked = self.state.member_counts(round_id)
-        privacy = self.config.privacy
         info: dict[str, Any] = {
             "round_id": round_id,
             "stage": row["stage"],
@@ -154,7 +183,7 @@ class Rounds:
             "unmask_responses": unmasked,
             "max_cohort": self.config.max_cohort,
             "min_cohort": self.config.min_cohort,
-            "privacy": {"clip": privacy.clip, "sigma": privacy.sigma, "weight_cap": privacy.weight_cap},
+            "privacy": self.privacy.as_json(),
             "stage_seconds": {s: getattr(self.config, a) for s, a in STAGE_SECONDS.items()},
         }
         if row["outcome"]:
@@ -333,7 +362,7 @@ class Rounds:
             return
         degree = secagg.graph_degree(n)
         min_survivors = rules.min_survivors(n, min_cohort=self.config.min_cohort, max_dropout=self.config.max_dropout)
-        q = rules.round_quantization(n, clip=self.config.clip, sigma=self.config.sigma, survivors=min_survivors)
+        q = self._quantization(n, bytes(self._round(round_id)["seed"]))
         setup = {
             "cohort": cohort,
             "degree": degree,
@@ -380,12 +409,12 @@ class Rounds:
         q = setup.quantization
         total = (self._load_sum(round_id, setup) - correction) & q.modulus_mask
         joint = q.to_float(q.decode_sum(total))
-        mean = weighted_mean(joint, self.config.clip)
+        mean = weighted_mean(joint, self.privacy.clip)
         outcome: dict[str, Any] = {
             "survivors": len(u3),
             "shared_keys": len(u2),
             "cohort": len(setup.cohort),
-            "total_weight": float(joint[-1] / self.config.clip),
+            "total_weight": float(joint[-1] / self.privacy.clip),
         }
         with self.state.transaction():
             if mean is not None:

@@ -1,8 +1,10 @@
-"""The coordinator's state: the SQLite schema and every SQL statement, behind :class:`CoordinatorState`.
+"""The coordinator's state in SQLite: the schema and every SQL statement, behind :class:`SqliteStore`.
 
-One file in WAL mode. Single statements commit on their own; what must be atomic runs in :meth:`transaction`
-(``BEGIN IMMEDIATE``). The round logic (:mod:`sync.coordinator.rounds`) never writes SQL: a PostgreSQL state
-would implement the same methods.
+One file in WAL mode, the embedded default of :func:`sync.coordinator.storage.open_store`. Single statements commit
+on their own; what must be atomic runs in :meth:`SqliteStore.transaction` (``BEGIN IMMEDIATE``: one writer at a
+time; an inner ``transaction()`` joins the outer one). The round logic (:mod:`sync.coordinator.rounds`) never writes
+SQL: it calls the :class:`sync.coordinator.storage.CoordinatorStore` interface, which
+:class:`sync.coordinator.postgres.PostgresStore` implements over PostgreSQL with the same behaviour.
 """
 
 from __future__ import annotations
@@ -11,7 +13,30 @@ import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+
+from sync.coordinator.storage import (
+    MEMBER_FLAGS,
+    ROUND_COLUMNS,
+    Member,
+    Published,
+    RoundRow,
+    check_member_flags,
+    check_round_columns,
+    check_table,
+    ended,
+)
+
+__all__ = [
+    "MEMBER_FLAGS",
+    "ROUND_COLUMNS",
+    "SCHEMA",
+    "CoordinatorState",
+    "Member",
+    "Published",
+    "RoundRow",
+    "SqliteStore",
+]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -37,47 +62,38 @@ CREATE TABLE IF NOT EXISTS published (
     round_id INTEGER, created REAL NOT NULL);
 """
 
-RoundRow = dict[str, Any]
-"""A round's columns by name: round_id, stage, deadline, seed, base_version, setup, u2, u3, outcome, created."""
-
-MEMBER_FLAGS = frozenset({"shared_keys", "sent_input", "unmasked"})
-ROUND_COLUMNS = frozenset({"stage", "deadline", "setup", "u2", "u3", "outcome"})
-
-
-class Member(NamedTuple):
-    """One cohort member of a round: its signed round keys and how far it got."""
-
-    c_pk: bytes
-    s_pk: bytes
-    key_sig: bytes
-    shared_keys: bool
-    sent_input: bool
-    unmasked: bool
+# --- enrollment (issue 14.4) ---
+ENROLLMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enrollment (
+    token_hash TEXT PRIMARY KEY, created REAL NOT NULL, agent_id TEXT, used_at REAL);
+"""
+"""One row per one-time enrollment token: only its SHA-256 is stored; ``agent_id`` is set once it is used."""
+SCHEMA += ENROLLMENT_SCHEMA
+# --- end enrollment (issue 14.4) ---
 
 
-class Published(NamedTuple):
-    """One published shared vector's metadata."""
-
-    version: int
-    sha256: str
-    signature: bytes
-    round_id: int | None
-
-
-class CoordinatorState:
+class SqliteStore:
     """The SQLite database of one coordinator: meta, agents, rounds, members, shares, reveals, sums, published."""
 
     def __init__(self, path: Path) -> None:
         """Open (or create) the database at ``path``."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # Deleted rows (key shares, revealed shares: small, inside b-tree pages) are still zeroed on disk; freed
+        # overflow pages (replaced running sums and optimizer moments, nothing the coordinator did not see anyway)
+        # are not zeroed too. Builds with SECURE_DELETE on (Debian's) otherwise write every running sum twice.
+        self.db.execute("PRAGMA secure_delete=FAST")
         self.db.executescript(SCHEMA)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """Everything written inside commits together, or not at all."""
+        """Everything written inside commits together, or not at all; inside a transaction, joins it."""
+        if self.db.in_transaction:
+            yield
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -85,6 +101,25 @@ class CoordinatorState:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def close(self) -> None:
+        """Close the database file."""
+        self.db.close()
+
+    def describe(self) -> str:
+        """The database file's path."""
+        return str(self.path)
+
+    def claim_serving(self) -> bool:
+        """True: a SQLite file is served by the one process that opens it (not checked)."""
+        return True
+
+    def count_rows(self, table: str, round_id: int | None = None) -> int:
+        """How many rows ``table`` holds (of one round, if given): for audits and tests."""
+        check_table(table)
+        if round_id is None:
+            return int(self._one(f"SELECT COUNT(*) FROM {table}")[0])
+        return int(self._one(f"SELECT COUNT(*) FROM {table} WHERE round_id = ?", round_id)[0])
 
     def _one(self, sql: str, *args: Any) -> Any:
         return self.db.execute(sql, args).fetchone()
@@ -177,13 +212,24 @@ class CoordinatorState:
             (round_id, deadline, seed, base_version, created),
         )
 
-    def update_round(self, round_id: int, **columns: Any) -> None:
-        """Set columns of a round (stage, deadline, setup, u2, u3, outcome)."""
-        unknown = set(columns) - ROUND_COLUMNS
-        if unknown:
-            raise ValueError(f"not a round column: {', '.join(sorted(unknown))}")
+    def update_round(self, round_id: int, *, expect_stage: str | None = None, **columns: Any) -> bool:
+        """Set columns of a round (stage, deadline, setup, u2, u3, outcome); whether the round was updated.
+
+        With ``expect_stage`` it is a compare-and-set: nothing changes (False) unless the round is in that stage.
+        Setting the stage to done or abandoned drops the round's key shares in the same transaction.
+        """
+        check_round_columns(columns)
+        if not columns:
+            raise ValueError("update_round needs at least one column")
         sets = ", ".join(f"{name} = ?" for name in columns)
-        self.db.execute(f"UPDATE rounds SET {sets} WHERE round_id = ?", (*columns.values(), round_id))
+        where, args = " WHERE round_id = ?", [*columns.values(), round_id]
+        if expect_stage is not None:
+            where, args = where + " AND stage = ?", [*args, expect_stage]
+        with self.transaction():
+            updated = self.db.execute(f"UPDATE rounds SET {sets}{where}", args).rowcount == 1
+            if updated and ended(columns):
+                self.forget_shares(round_id)
+        return updated
 
     # -- members -------------------------------------------------------------------------------------------------
 
@@ -207,9 +253,7 @@ class CoordinatorState:
         )
 
     def _where(self, flags: dict[str, int]) -> str:
-        unknown = set(flags) - MEMBER_FLAGS
-        if unknown:
-            raise ValueError(f"not a member flag: {', '.join(sorted(unknown))}")
+        check_member_flags(flags)
         return "".join(f" AND {name} = {int(value)}" for name, value in flags.items())
 
     def member_ids(self, round_id: int, **flags: int) -> list[str]:
@@ -311,5 +355,41 @@ class CoordinatorState:
 
     def forget_shares(self, round_id: int) -> None:
         """Delete a round's encrypted and revealed shares."""
-        self.db.execute("DELETE FROM shares WHERE round_id = ?", (round_id,))
-        self.db.execute("DELETE FROM reveals WHERE round_id = ?", (round_id,))
+        with self.transaction():
+            self.db.execute("DELETE FROM shares WHERE round_id = ?", (round_id,))
+            self.db.execute("DELETE FROM reveals WHERE round_id = ?", (round_id,))
+
+    # --- enrollment (issue 14.4) ------------------------------------------------------------------------------
+    # Three methods over the enrollment table; a PostgreSQL state implements the same (claim is a compare-and-set).
+
+    def add_enrollment_tokens(self, token_hashes: Sequence[str], created: float) -> None:
+        """Store the hashes of new one-time enrollment tokens (all or none)."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO enrollment (token_hash, created) VALUES (?, ?)", [(h, created) for h in token_hashes]
+            )
+
+    def claim_enrollment(self, token_hash: str, agent_id: str, used_at: float) -> str:
+        """Use a token for ``agent_id``: "claimed" (now, or before by this same agent), "used" (by another agent) or
+        "unknown". One statement decides, so two agents racing for one token cannot both get it."""
+        claimed = self.db.execute(
+            "UPDATE enrollment SET agent_id = ?, used_at = ? WHERE token_hash = ? AND agent_id IS NULL",
+            (agent_id, used_at, token_hash),
+        ).rowcount
+        if claimed == 1:
+            return "claimed"
+        row = self._one("SELECT agent_id FROM enrollment WHERE token_hash = ?", token_hash)
+        if row is None:
+            return "unknown"
+        return "claimed" if row[0] == agent_id else "used"
+
+    def enrollment_counts(self) -> tuple[int, int]:
+        """(tokens issued, of which used)."""
+        row = self._one("SELECT COUNT(*), COUNT(agent_id) FROM enrollment")
+        return int(row[0]), int(row[1])
+
+    # --- end enrollment (issue 14.4) --------------------------------------------------------------------------
+
+
+CoordinatorState = SqliteStore
+"""The SQLite store's former name."""

@@ -11,6 +11,10 @@ What one agent contributes to a round is the joint vector ``x = (w · clip_C(Δ)
   coordinator will ever unmask (the round's threshold): the unmasked sum therefore carries noise of standard
   deviation at least ``σ · C`` on every element, dropouts included.
 
+With several shared parts (θ_g and φ_g, :class:`Part`), ``clip_C(Δ)`` clips each part to its own bound ``C_i`` and
+``C`` is the joint bound ``√(Σ C_i²)`` (:func:`joint_clip`): the clipped delta's norm is at most ``C`` again, so the
+weight element, the sensitivity ``√2 · C``, the noise and the accountant are those above, with the joint ``C``.
+
 The coordinator divides the first elements of the sum by the last (÷ C) to get the weighted mean delta. The
 release per round is a Gaussian mechanism with noise multiplier ``z = σC / S = σ / √2``; the accountant composes
 one such event per round the agent actually took part in (RDP, Google's ``dp-accounting``). No sampling
@@ -26,8 +30,9 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from dp_accounting import GaussianDpEvent
@@ -35,18 +40,96 @@ from dp_accounting.gaussian_mechanism import get_epsilon_gaussian
 from dp_accounting.rdp import RdpAccountant
 from numpy.typing import NDArray
 
+from sync.errors import ProtocolError
 from sync.protocol.rules import SYNC_CLIP, SYNC_SIGMA, SYNC_WEIGHT_CAP
 
 DEFAULT_DELTA = 1e-5
+THETA = "theta_g"
+"""The first stage's shared vector: always the first part of the federated vector."""
+PHI = "phi_g"
+"""The language model's shared adapter (today's FFA ``B`` factors): the second part, when the federation has it."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One named slice of the federated vector and the L2 bound its delta is clipped to."""
+
+    name: str
+    size: int
+    clip: float
+
+    def as_json(self) -> dict[str, Any]:
+        """The part as the round's parameters publish it."""
+        return {"name": self.name, "size": self.size, "clip": self.clip}
+
+
+def parts_from_json(items: Sequence[Any]) -> tuple[Part, ...]:
+    """Parts from their JSON form (objects, or ``[name, size, clip]`` triples); ProtocolError on anything else."""
+    out: list[Part] = []
+    try:
+        for item in items:
+            if isinstance(item, Part):
+                out.append(item)
+            elif isinstance(item, Mapping):
+                out.append(Part(str(item["name"]), int(item["size"]), float(item["clip"])))
+            else:
+                name, size, clip_bound = item
+                out.append(Part(str(name), int(size), float(clip_bound)))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"the round's layout is malformed: {error}") from error
+    if any(p.size < 1 or not p.clip > 0 for p in out) or len({p.name for p in out}) != len(out):
+        raise ProtocolError("the round's layout has an empty part, a non-positive bound or a repeated name")
+    return tuple(out)
+
+
+def joint_clip(parts: Iterable[Part]) -> float:
+    """The joint L2 bound √(Σ C_i²) of a delta whose parts are clipped to their own bounds."""
+    return math.sqrt(sum(p.clip**2 for p in parts))
+
+
+def offsets(parts: Sequence[Part]) -> list[tuple[Part, int]]:
+    """Each part with the index of its first value in the federated vector."""
+    out, start = [], 0
+    for part in parts:
+        out.append((part, start))
+        start += part.size
+    return out
 
 
 @dataclass(frozen=True)
 class PrivacyParams:
-    """A round's clipping and noise settings, published by the coordinator and checked by each agent."""
+    """A round's clipping and noise settings, published by the coordinator and checked by each agent.
 
-    clip: float = SYNC_CLIP  # C: L2 bound of the shared delta
+    ``parts`` (the layout of the federated vector, with each part's bound) may be empty: the whole delta is then
+    clipped to ``clip``. When given, ``clip`` is the joint bound and must be at least :func:`joint_clip` of the
+    parts — a round promising noise for a smaller bound than its parts allow is refused (ProtocolError).
+    """
+
+    clip: float = SYNC_CLIP  # C: L2 bound of the shared delta (the joint bound of its parts)
     sigma: float = SYNC_SIGMA  # the unmasked sum carries N(0, (σC)²) on every element
     weight_cap: float = SYNC_WEIGHT_CAP  # n_u at or above this gets weight 1
+    parts: tuple[Part, ...] = ()
+
+    def __post_init__(self) -> None:
+        parts = parts_from_json(self.parts) if self.parts else ()
+        object.__setattr__(self, "parts", parts)
+        if parts and self.clip < joint_clip(parts) * (1.0 - 1e-9):
+            raise ProtocolError(
+                f"the round's joint bound C={self.clip} is below √(Σ C_i²)={joint_clip(parts):.6g} of its parts: "
+                "its noise would not cover one agent's contribution"
+            )
+
+    @classmethod
+    def for_parts(cls, parts: Sequence[Part], *, sigma: float, weight_cap: float) -> PrivacyParams:
+        """The settings of a round over ``parts``: the joint bound as ``clip``."""
+        return cls(clip=joint_clip(parts), sigma=sigma, weight_cap=weight_cap, parts=tuple(parts))
+
+    def as_json(self) -> dict[str, Any]:
+        """What the round's public facts publish (``PrivacyParams(**json)`` reads it back)."""
+        body: dict[str, Any] = {"clip": self.clip, "sigma": self.sigma, "weight_cap": self.weight_cap}
+        if self.parts:
+            body["parts"] = [p.as_json() for p in self.parts]
+        return body
 
     @property
     def noise_multiplier(self) -> float:
@@ -65,6 +148,7 @@ class Contribution:
     vector: NDArray[np.float64]  # (size + 1,): w·clip(Δ) then w·C, noise included
     norm_before_clip: float
     weight: float
+    part_norms: tuple[float, ...] = ()  # each part's norm before clipping (when the round has parts)
 
 
 def clip(delta: NDArray[np.floating], bound: float) -> tuple[NDArray[np.float64], float]:
@@ -72,6 +156,19 @@ def clip(delta: NDArray[np.floating], bound: float) -> tuple[NDArray[np.float64]
     d = np.asarray(delta, dtype=np.float64)
     norm = float(np.linalg.norm(d))
     return (d * (bound / norm) if norm > bound else d.copy()), norm
+
+
+def clip_parts(delta: NDArray[np.floating], parts: Sequence[Part]) -> tuple[NDArray[np.float64], tuple[float, ...]]:
+    """``delta`` with each part scaled to L2 norm at most its own bound, and each part's norm before."""
+    d = np.asarray(delta, dtype=np.float64)
+    if d.shape != (sum(p.size for p in parts),):
+        raise ValueError(f"the delta has shape {d.shape}; the round's parts hold {sum(p.size for p in parts)} values")
+    out = np.empty_like(d)
+    norms = []
+    for part, start in offsets(parts):
+        out[start : start + part.size], norm = clip(d[start : start + part.size], part.clip)
+        norms.append(norm)
+    return out, tuple(norms)
 
 
 def prepare_contribution(
@@ -83,7 +180,8 @@ def prepare_contribution(
     factor: float = 1.0,
     rng: np.random.Generator | None = None,
 ) -> Contribution:
-    """Clip, weight, append the weight element and add this agent's share of the noise (see the module docstring).
+    """Clip (each part to its own bound when ``params`` has parts), weight, append the weight element and add this
+    agent's share of the noise (see the module docstring).
 
     ``factor`` ∈ [0, 1] multiplies the weight (personality-aware aggregation, :func:`personality_factor`); it can
     only shrink the contribution, so the sensitivity stays √2·C. ``rng`` replaces the fresh secure seed (for
@@ -93,13 +191,18 @@ def prepare_contribution(
         raise ValueError("noise_divisor (the round's unmasking threshold) must be at least 1")
     if not 0.0 <= factor <= 1.0:
         raise ValueError(f"the weight factor must lie in [0, 1], got {factor}")
-    clipped, norm = clip(delta, params.clip)
+    part_norms: tuple[float, ...] = ()
+    if params.parts:
+        clipped, part_norms = clip_parts(delta, params.parts)
+        norm = math.sqrt(sum(n**2 for n in part_norms))
+    else:
+        clipped, norm = clip(delta, params.clip)
     weight = factor * min(max(float(n_examples), 0.0), params.weight_cap) / params.weight_cap
     joint = np.concatenate([weight * clipped, [weight * params.clip]])
     if params.sigma > 0:
         noise = rng or np.random.default_rng(secrets.randbits(128))
         joint += noise.normal(0.0, params.noise_share(noise_divisor), size=joint.shape)
-    return Contribution(vector=joint, norm_before_clip=norm, weight=weight)
+    return Contribution(vector=joint, norm_before_clip=norm, weight=weight, part_norms=part_norms)
 
 
 def personality_factor(leakage: float, quality: float) -> float:

@@ -172,6 +172,9 @@ class AgentSession:
             raise ProtocolError("the round's graph degree or threshold is not the protocol's")
         if setup.min_survivors < setup.threshold:
             raise ProtocolError("the round would unmask below the share threshold")
+        q = setup.quantization
+        if not 2 <= q.bits <= 32 or q.levels < 1 or q.levels * len(cohort) > (1 << (q.bits - 1)) - 1:
+            raise ProtocolError(f"the round's quantization ({q.bits} bits, {q.levels} levels) could wrap its sum")
         index = cohort_index(cohort)
         expected = {cohort[j] for j in neighbours(len(cohort), setup.seed, setup.degree)[index[self.agent_id]]}
         if {p.agent_id for p in peers} != expected or len(peers) != len(expected):

@@ -4,7 +4,13 @@ Every agent request carries three headers: ``x-agent-id``, ``x-nonce`` (an integ
 request of that agent: replays are refused) and ``x-signature``, the Ed25519 signature (base64) of
 ``persona-request|METHOD|PATH_WITH_QUERY|NONCE|SHA256_HEX(BODY)``. Registration is signed the same way by the key
 being registered (proof of possession). The coordinator signs each published shared vector:
-``persona-shared|VERSION|SHA256_HEX``.
+``persona-shared|VERSION|SHA256_HEX``. A published version is one blob, the float32 concatenation of the
+federation's parts (θ_g, then φ_g when the federation has it; the layout is in the round parameters and the
+``/shared`` metadata), so one signature covers both parts.
+
+Every round rotates its contributions with the shared random rotation seeded by the round's public seed
+(:func:`sync.protocol.masking.rotation_seed`): a protocol rule, not an option, so both sides derive it from the
+setup alone.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from sync.protocol.masking import Quantization
+from sync.protocol.masking import Quantization, rotation_seed
 from sync.protocol.secagg import PeerKeys, RoundSetup
 
 STAGES = ("advertise", "share_keys", "masked_input", "unmask", "done", "abandoned")
@@ -81,7 +87,9 @@ def setup_from_json(doc: Mapping[str, Any], *, round_id: int, seed: bytes) -> Ro
         degree=int(doc["degree"]),
         threshold=int(doc["threshold"]),
         min_survivors=int(doc["min_survivors"]),
-        quantization=Quantization(bits=int(q["bits"]), levels=int(q["levels"]), bound=float(q["bound"])),
+        quantization=Quantization(
+            bits=int(q["bits"]), levels=int(q["levels"]), bound=float(q["bound"]), rotation=rotation_seed(seed)
+        ),
         vector_size=int(doc["vector_size"]),
     )
 

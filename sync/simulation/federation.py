@@ -38,7 +38,7 @@ from models.privacy.attackers import AttackerConfig
 from models.privacy.leakage import LeakageObjective, Probe, fit_probe, holdout_rank, local_quality
 from models.types import FloatArray, IntArray, Status
 from sync.protocol import rules
-from sync.protocol.masking import Quantization
+from sync.protocol.masking import Quantization, rotation_seed
 from sync.protocol.privacy import PrivacyParams, personality_factor, prepare_contribution, weighted_mean
 
 SETTINGS = ("none", "clip", "clip+noise", "default", "default+objective")
@@ -78,15 +78,30 @@ class AuditConfig:
     max_dropout: float = rules.COORDINATOR_MAX_DROPOUT
     holdout_negatives: int = 99  # items the agent's local quality check ranks its held-out item against
     seed: int = 0
+    phi_size: int = 0  # φ_g values carried after θ_g (a zero delta: agents do not train φ_g yet); needs privacy.parts
+    rotate: bool = False  # quantize as the coordinator does: rotated, within the upload budget (rules)
+    max_input_bytes: int = rules.SYNC_INPUT_BYTES  # that budget for one packed masked vector (with ``rotate``)
 
     def min_survivors(self, n: int) -> int:
         """The fewest survivors a round of ``n`` is unmasked with (as the coordinator sets it): the noise divisor."""
         return rules.min_survivors(n, min_cohort=self.min_cohort, max_dropout=self.max_dropout)
 
-    def quantization(self, n: int) -> Quantization:
-        """The quantization the coordinator announces for a round of ``n``."""
+    def quantization(self, n: int, vector_size: int | None = None, round_id: int = 0) -> Quantization:
+        """The quantization the coordinator announces for a round of ``n`` (with ``rotate``: rotated by a seed of
+        the round, for a joint vector of ``vector_size`` values, within the upload budget)."""
         clip, sigma = self.privacy.clip, self.privacy.sigma
-        return rules.round_quantization(n, clip=clip, sigma=sigma, survivors=self.min_survivors(n))
+        if not self.rotate or vector_size is None:
+            return rules.round_quantization(n, clip=clip, sigma=sigma, survivors=self.min_survivors(n))
+        seed = rotation_seed(f"simulation|{self.seed}|{round_id}".encode())
+        return rules.round_quantization(
+            n,
+            clip=clip,
+            sigma=sigma,
+            survivors=self.min_survivors(n),
+            vector_size=vector_size,
+            rotation=seed,
+            max_bytes=self.max_input_bytes,
+        )
 
 
 def contribution(
@@ -230,18 +245,22 @@ def train_setting(federation: Federation, *, progress: Status | None = None) -> 
     for round_id in range(config.federated.rounds):
         cohort = rules.select_cohort(users, round_id, config.cohort, config.seed)
         survivors = config.min_survivors(len(cohort))
-        quantization = config.quantization(len(cohort)) if mechanism.secure else None
-        probe = federation.probe(shared, privates, round_id)
         base = shared.to_vector()
-        integer_total = np.zeros(base.size + 1, dtype=np.int64)
-        total = np.zeros(base.size + 1, dtype=np.float64)
+        size = base.size + config.phi_size + 1
+        quantization = config.quantization(len(cohort), size, round_id) if mechanism.secure else None
+        probe = federation.probe(shared, privates, round_id)
+        integer_total = np.zeros(size, dtype=np.int64)
+        total = np.zeros(size, dtype=np.float64)
         for user in cohort:
             private = privates.get(user, PrivateParams.init(shared.dim))
             outcome = federation.local(shared, private, user, round_id, probe)
             privates[user] = outcome.private
+            delta = outcome.delta
+            if config.phi_size:
+                delta = np.concatenate([delta, np.zeros(config.phi_size, dtype=delta.dtype)])
             x = contribution(
                 mechanism,
-                outcome.delta,
+                delta,
                 outcome.n_examples,
                 config.privacy,
                 survivors=survivors,
@@ -256,7 +275,7 @@ def train_setting(federation: Federation, *, progress: Status | None = None) -> 
         joint = quantization.to_float(integer_total) if quantization is not None else total
         mean = mean_delta(mechanism, joint, config.privacy)
         if mean is not None:
-            shared = shared.with_vector(server.step(base, mean))
+            shared = shared.with_vector(server.step(base, mean[: base.size]))
         valid = metrics_for(scorer_model(shared, privates, federation.text_vectors), split, "loo99", "valid")
         history.append({"round": round_id + 1, **{f"valid_{k}": v for k, v in valid.items()}})
         if best is None or valid["NDCG@10"] > best[0]:

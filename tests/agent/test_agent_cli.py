@@ -75,6 +75,13 @@ def test_suggest_json_excludes_rated_items_and_follows_the_query() -> None:
     spaced = json.loads(stdout)["suggestions"]
     assert [s["item"] for s in spaced] != [s["item"] for s in plain]
     assert sum("Sci Fi" in s["tags"] for s in spaced) > sum("Sci Fi" in s["tags"] for s in plain)
+    # "science fiction" names the catalog's Sci Fi tag: every suggestion satisfies it and says so.
+    assert all("Sci Fi" in s["tags"] for s in spaced)
+    assert all(s["reason"].startswith('matches "science fiction in outer space" (Sci Fi)') for s in spaced)
+    code, stdout, _ = invoke("suggest", "-n", "5", "--json", "--query", "a 1990s comedy")
+    assert code == 0
+    comedies = json.loads(stdout)["suggestions"]
+    assert all("Comedy" in s["tags"] and 1990 <= s["year"] < 2000 for s in comedies)
 
 
 def test_forget_drops_the_item_and_retrains() -> None:

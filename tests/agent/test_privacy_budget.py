@@ -102,7 +102,7 @@ def test_inspect_shows_epsilon_this_year_against_the_budget() -> None:
     [
         ("[sync]\nepsilon_budget = -1\n", "sync.epsilon_budget in"),
         ('[sync]\nepsilon_budget = "lots"\n', "must be a number > 0"),
-        ("[sync]\nbudget = 8\n", "must be a table with only epsilon_budget"),
+        ("[sync]\nbudget = 8\n", "must be a table with only coordinator_ca_file, coordinator_fingerprint, epsilon"),
     ],
 )
 def test_a_bad_budget_setting_is_a_clear_error(table: str, says: str) -> None:

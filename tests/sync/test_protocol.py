@@ -105,7 +105,7 @@ def test_unmasked_sum_is_exactly_the_survivors_quantized_contributions(
     info = coordinator.round_info(done[0].round_id)
     assert info["outcome"]["survivors"] == 50 - drop and info["outcome"]["published_version"] == 1
     for table in ("shares", "reveals"):  # an unmasked round keeps none of its key shares
-        assert coordinator.state.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] == 0
+        assert coordinator.state.count_rows(table) == 0
 
 
 @pytest.mark.parametrize("served", [{"min_cohort": 5, "target_cohort": 6, "masked_input_s": 4.0}], indirect=True)
@@ -115,8 +115,8 @@ def test_round_below_threshold_is_abandoned_and_never_unmasked(served: tuple[Coo
     assert all(isinstance(r, RoundAbandoned) for r in results[2:]), results
     info = coordinator.round_info(0)
     assert info["stage"] == "abandoned" and "masked inputs" in info["outcome"]["abandoned"]
-    assert coordinator.state.db.execute("SELECT COUNT(*) FROM reveals").fetchone()[0] == 0
-    assert coordinator.state.db.execute("SELECT COUNT(*) FROM sums").fetchone()[0] == 0
+    assert coordinator.state.count_rows("reveals") == 0
+    assert coordinator.state.count_rows("sums") == 0
     assert coordinator.latest().version == 0
     assert httpx.get(f"{url}{API}/rounds/0/aggregate").json()["error"] == "not_unmasked"
 

@@ -1,5 +1,6 @@
-"""The coordinator is SIGKILLed mid-round and restarted on the same database: the round resumes with every input
-accepted before the kill, the published vectors are intact, and the agents retry and finish the next round too.
+"""The coordinator is SIGKILLed mid-round and restarted on the same database (SQLite, then PostgreSQL): the round
+resumes with every input accepted before the kill, the published vectors are intact, and the agents retry and finish
+the next round too.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import hashlib
 import signal
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,7 +36,7 @@ from sync.protocol.wire import (
 SIZE = 300
 
 
-def _start(db: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(db: str, port: int) -> subprocess.Popen[bytes]:
     args = [
         "--vector-size",
         str(SIZE),
@@ -58,8 +58,8 @@ def _start(db: Path, port: int) -> subprocess.Popen[bytes]:
     return process
 
 
-def test_sigkill_mid_round_then_restart_resumes_the_round(tmp_path: Path) -> None:
-    db, port = tmp_path / "coordinator.sqlite3", free_port()
+def test_sigkill_mid_round_then_restart_resumes_the_round(db_url: str) -> None:
+    db, port = db_url, free_port()  # once on SQLite, once on PostgreSQL (tests/sync/conftest.py)
     url = f"http://127.0.0.1:{port}"
     process = _start(db, port)
     v0 = httpx.get(f"{url}{API}/shared").json()

@@ -1,5 +1,6 @@
-"""The Sync screen: federation status, the shared adapter's version, ε this year against the privacy budget, the
-egress ledger, and "sync now"."""
+"""The Sync screen: federation status, the shared adapter's version, the background schedule (next window, the last
+check and why it skipped), ε this year against the privacy budget (in words and as a chart over the year), bytes sent
+per round, the egress ledger, and "sync now"."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, ProgressBar, Static
 
 from agent.engine.profile import Profile
-from agent.store.egress import egress_summary
-from agent.tui.bars import horizontal_bars
+from agent.settings import load_settings
+from agent.store.egress import egress_summary, epsilon_points
+from agent.tui.bars import epsilon_chart, horizontal_bars
 from agent.tui.messages import SyncRequested
 from agent.tui.screens.common import title_bar
 from models.errors import PersonaError
@@ -27,6 +29,21 @@ def egress_note(entry: dict[str, Any]) -> str:
     """What a ledger row's bar is labelled with: the bytes sent and the round's ε."""
     eps = entry.get("epsilon")
     return f"{int(entry.get('bytes_sent') or 0):,} B" + ("" if eps is None else f" · ε {eps:.3g}")
+
+
+def schedule_lines(profile: Profile) -> str:
+    """Two lines: the schedule (installed? every …, next window) and the last check (what it did, or why it
+    skipped)."""
+    # reason: the schedule's modules are only needed once the Sync screen opens, not on the TUI's start-up path
+    from agent.engine.eligibility import describe_check
+    from agent.engine.schedule import status as schedule_status
+
+    try:
+        found = schedule_status(profile.store)
+    except PersonaError as error:
+        return f"Schedule: {error.message}"
+    last = f"Last scheduled run: {describe_check(found.last)}" if found.last else "Last scheduled run: none yet"
+    return f"{found.line()}\n{last}"
 
 
 class SyncScreen(Screen[None]):
@@ -43,8 +60,11 @@ class SyncScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield title_bar("Sync")
         yield Static("", id="sync-status")
+        yield Static("", id="schedule")
         yield Static("ε this year: computing…", id="privacy-budget")
         yield ProgressBar(total=100, id="sync-progress", show_eta=False)
+        yield Label("ε this year at each participation, against your yearly budget (┄)")
+        yield Static("", id="epsilon-chart")
         yield Label(f"Bytes sent per round, and ε (the last {CHART_ROUNDS} rounds)")
         yield Static("", id="egress-chart")
         yield Label("Egress ledger: what left this device")
@@ -67,7 +87,15 @@ class SyncScreen(Screen[None]):
             f"last round: {last} · {summary['rounds']} rounds · {summary['bytes_sent']:,} bytes sent · "
             f"{summary['bytes_received']:,} received"
         )
+        self.query_one("#schedule", Static).update(schedule_lines(profile))
         self.show_budget()
+        try:
+            budget = load_settings().sync.epsilon_budget
+        except PersonaError as error:
+            self.query_one("#epsilon-chart", Static).update(f"No chart: {error.message}")
+        else:
+            over_year = epsilon_chart(epsilon_points(ledger), budget, self.app.size.width - 2)
+            self.query_one("#epsilon-chart", Static).update(over_year)
         rounds = [
             (f"round {e.get('round') or '?'}", float(e.get("bytes_sent") or 0), egress_note(e))
             for e in ledger[-CHART_ROUNDS:]

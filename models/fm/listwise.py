@@ -1,0 +1,274 @@
+"""Listwise scoring by the foundation model: one prompt holds the user's recent history and the first stage's top 20
+candidates lettered A..T **in first-stage order**; the scores are the logits of the 20 letter tokens at the last
+position, so one forward pass scores the whole list.
+
+The prompt (token ids, pieces tokenized separately as in :mod:`models.fm.prompts`)::
+
+    <bos>Movies I watched, most recent last: Fargo '96; Scream '96; ...
+    Options:
+    A. Toy Story '95
+    ...
+    T. Heat '95
+    I watch next:
+    <answer: one of the letter tokens "A".."T", exactly the tokens that open the option lines>
+
+Years are written short (``'95``): Gemma's tokenizer spends a token per digit, and "(1995)" would cost 6 tokens per
+title, 180 per prompt; the short form keeps a full prompt near 300 tokens (serving cost is linear in it).
+
+Training (torch, :meth:`TorchFM.train_listwise_cached`) takes one forward per list through the adapted top layers
+only (:class:`~models.fm.torch_model.TopCache`); the loss is the cross-entropy of the 20 letter logits towards the
+held-out item's letter plus ``lam`` · KL(softmax(z(first-stage scores)/tau) ‖ softmax(letter logits)), so the
+adapter learns a correction of the first stage rather than taste from scratch. Training lists mirror the test
+protocol (LOO-99) on training items only: target = a training item held out of the prefix, candidates = target + 99
+negatives from items outside the user's **training** set (EVALUATION.md's leak warning), the first stage's top 20
+kept in its order. A list whose target is not in that top 20 is kept **distillation-only** (its cross-entropy term
+is off): it costs the same forward pass, still teaches the adapter to stay close to the first stage on the lists it
+will meet (about half of them), and dropping it would train only on lists where the first stage already did well.
+
+Serving (llama.cpp, :meth:`FoundationModel.letter_scores`) decodes the prompt once with an output at the last
+position only and reads the 20 letter values of that row. Torch-free at import: the suggest path imports this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.data.catalog import Catalog
+from models.data.split import Split
+from models.fm.blend import zscore
+from models.fm.lora import LoraWeights
+from models.fm.prompts import BOS, TokenPrompts
+from models.types import FloatArray, IntArray, Progress
+
+if TYPE_CHECKING:
+    from models.fm.torch_model import TopCache, TorchFM
+
+LETTERS = "ABCDEFGHIJKLMNOPQRST"
+LIST_SIZE = len(LETTERS)
+HISTORY_ITEMS = 10
+
+ScoreAllFn = Callable[[int, IntArray], FloatArray]  # (user, history) -> first-stage score of every item
+
+
+class ListwisePromptBuilder(TokenPrompts):
+    """Builds the listwise prompt (token ids) and knows the 20 answer tokens."""
+
+    def __init__(self, tokenizer_file: Path, catalog: Catalog, *, history_items: int = HISTORY_ITEMS) -> None:
+        if history_items < 0:
+            raise ValueError(f"history_items must be ≥ 0, got {history_items}")
+        super().__init__(tokenizer_file, catalog, history_items=history_items)
+        self.newline = self._single("\n")
+        self.letters: tuple[int, ...] = tuple(self._single(letter) for letter in LETTERS)
+        if len(set(self.letters)) != LIST_SIZE:
+            raise ValueError(f"the letter tokens are not distinct for this tokenizer: {self.letters}")
+        self._head = self._ids("Movies I watched, most recent last:")
+        self._options = self._ids("\nOptions:")
+        self._dot = self._ids(".")
+        self._cue = [*self._ids("\nI watch next:"), self.newline]
+        self._history_piece = lru_cache(maxsize=None)(self._history_piece_uncached)
+        self._title_piece = lru_cache(maxsize=None)(self._title_piece_uncached)
+
+    def short_label(self, item: int) -> str:
+        """Title and two-digit year, e.g. ``Toy Story '95`` (the year costs 3 tokens instead of 6)."""
+        year = self.catalog.years[item]
+        title = self.catalog.titles[item]
+        return f"{title} '{year % 100:02d}" if year is not None else title
+
+    def _history_piece_uncached(self, item: int) -> tuple[int, ...]:
+        return tuple(self._ids(" " + self.short_label(item) + ";"))
+
+    def _title_piece_uncached(self, item: int) -> tuple[int, ...]:
+        return tuple(self._ids(" " + self.short_label(item)))
+
+    def prompt(self, history: Sequence[int], candidates: Sequence[int]) -> list[int]:
+        """BOS, the last ``history_items`` of ``history`` (oldest first), the candidates lettered A.. in the given
+        order, and the cue; the next token answers with a letter."""
+        if not 1 <= len(candidates) <= LIST_SIZE:
+            raise ValueError(f"a listwise prompt holds 1 to {LIST_SIZE} candidates, got {len(candidates)}")
+        ids = [BOS, *self._head]
+        recent = list(history)[-self.history_items :] if self.history_items else []
+        for item in recent:
+            ids.extend(self._history_piece(int(item)))
+        ids.extend(self._options)
+        for letter, item in zip(self.letters, candidates, strict=False):
+            ids.extend((self.newline, letter, *self._dot, *self._title_piece(int(item))))
+        ids.extend(self._cue)
+        return ids
+
+    def letter_positions(self, prompt: Sequence[int]) -> list[int]:
+        """Positions of the option letters in a prompt made by :meth:`prompt` (a letter right after a newline)."""
+        options = len(prompt) - len(self._cue)
+        return [
+            i
+            for i in range(1, options)
+            if prompt[i - 1] == self.newline and prompt[i] in self.letters and prompt[i + 1] == self._dot[0]
+        ]
+
+
+class LetterScorer(Protocol):
+    """A runtime of the foundation model (:class:`~models.fm.serving.FoundationModel` or
+    :class:`~models.fm.torch_model.TorchFM`) with its adapters attached."""
+
+    def letter_scores(self, prompt: Sequence[int], letters: Sequence[int]) -> NDArray[np.float32]:
+        """The logits of ``letters`` after ``prompt`` (one forward pass, last position)."""
+        ...
+
+
+def score_list(
+    model: LetterScorer, builder: ListwisePromptBuilder, history: Iterable[int], candidates: Sequence[int]
+) -> NDArray[np.float32]:
+    """The foundation model's listwise score of each candidate (given in first-stage order) after ``history``."""
+    prompt = builder.prompt([int(i) for i in history], [int(i) for i in candidates])
+    return model.letter_scores(prompt, builder.letters[: len(candidates)])
+
+
+@dataclass(frozen=True)
+class ListExample:
+    """One training list: the history before the target, the first stage's top candidates in its order, their
+    first-stage scores and where the target stands among them (None: not in the top, distillation only)."""
+
+    user: int
+    history: list[int]
+    items: IntArray
+    first: FloatArray
+    target: int | None
+
+
+@dataclass(frozen=True)
+class ListwiseConfig:
+    """How listwise training lists are built and how the adapter trains on them."""
+
+    k: int = LIST_SIZE  # candidates per list (the first stage's top k)
+    negatives: int = 99  # sampled negatives per list before the first stage ranks them (LOO-99)
+    lists_per_user: int = 1  # targets per user: the last training items, each held out of the prefix
+    lam: float = 0.5  # weight of the distillation term
+    tau: float = 0.5  # temperature on the first stage's within-list z-scores
+    lr: float = 1e-3
+    epochs: int = 2
+    batch: int = 8  # lists per cached batch and per optimizer step
+    skip_missing: bool = False  # drop lists whose target is not in the top k (default: distillation only)
+    seed: int = 0
+
+
+def training_lists(
+    split: Split, score_all: ScoreAllFn, users: Iterable[int], config: ListwiseConfig
+) -> list[ListExample]:
+    """Training lists built like the test protocol from each user's training items only (module docstring)."""
+    if not 1 <= config.k <= LIST_SIZE:
+        raise ValueError(f"a list holds 1 to {LIST_SIZE} candidates, got k={config.k}")
+    out: list[ListExample] = []
+    for user in users:
+        train = split.users[user].train
+        if len(train) < 2:
+            continue
+        rng = np.random.default_rng([config.seed, int(user), 23])
+        outside = np.setdiff1d(np.arange(split.n_items), train)
+        for back in range(1, min(config.lists_per_user, len(train) - 1) + 1):
+            history = train[: len(train) - back]
+            target = int(train[len(train) - back])
+            negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
+            candidates = np.concatenate([[target], negatives]).astype(np.int64)
+            scores = np.asarray(score_all(user, history), dtype=np.float64)[candidates]
+            top = np.argsort(-scores, kind="stable")[: config.k]
+            where = np.flatnonzero(top == 0)
+            slot = int(where[0]) if len(where) else None
+            if slot is None and config.skip_missing:
+                continue
+            out.append(ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot))
+    return out
+
+
+def teacher_logits(first: NDArray[np.floating], tau: float) -> NDArray[np.float64]:
+    """The distillation target's logits: the first stage's within-list z-scores over ``tau``."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    return zscore(first) / tau
+
+
+@dataclass
+class CachedLists:
+    """Training lists ready for the adapted layers: the cached inputs of the first adapted layer (one
+    :class:`~models.fm.torch_model.TopCache` per batch), each list's target letter (−1: distillation only) and the
+    teacher's logits, and the letter tokens."""
+
+    caches: list[TopCache]
+    targets: list[list[int]]
+    teachers: list[NDArray[np.float64]]
+    letters: tuple[int, ...]
+    first_layer: int
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self.targets)
+
+
+def cache_lists(
+    fm: TorchFM,
+    builder: ListwisePromptBuilder,
+    lists: Sequence[ListExample],
+    first_layer: int,
+    config: ListwiseConfig,
+    *,
+    progress: Progress | None = None,
+) -> CachedLists:
+    """Run the model once over the lists' prompts (adapters attached now are baked into the cached inputs of
+    ``first_layer``; those on ``first_layer`` and above are not) and keep what training and scoring need."""
+    if not lists:
+        raise ValueError("no training lists")
+    sizes = {len(lst.items) for lst in lists}
+    if len(sizes) != 1:
+        raise ValueError(f"training lists must all hold the same number of candidates, got sizes {sorted(sizes)}")
+    out = CachedLists([], [], [], builder.letters[: sizes.pop()], first_layer)
+    for start in range(0, len(lists), config.batch):
+        chunk = lists[start : start + config.batch]
+        out.caches.append(fm.cache_top([builder.prompt(lst.history, lst.items.tolist()) for lst in chunk], first_layer))
+        out.targets.append([-1 if lst.target is None else lst.target for lst in chunk])
+        out.teachers.append(np.stack([teacher_logits(lst.first, config.tau) for lst in chunk]))
+        if progress is not None:
+            progress("listwise_cache", {"lists": min(start + config.batch, len(lists)), "of": len(lists)})
+    return out
+
+
+def train_listwise_adapter(
+    fm: TorchFM,
+    name: str,
+    weights: LoraWeights,
+    cached: CachedLists,
+    config: ListwiseConfig,
+    *,
+    progress: Progress | None = None,
+) -> tuple[LoraWeights, list[float]]:
+    """Train adapter ``name`` (starting from ``weights``, which must sit at or above the cache's first layer) on
+    cached listwise batches, one optimizer step per batch; the trained adapter (left attached, trainable) and the
+    mean loss of each epoch. Other attached adapters stay frozen."""
+    if weights.spec.layers[0] < cached.first_layer:
+        raise ValueError(f"adapter starts at layer {weights.spec.layers[0]}, below the cache's {cached.first_layer}")
+    fm.attach(name, weights, trainable=True)
+    losses = fm.train_listwise_cached(
+        name,
+        cached.caches,
+        cached.targets,
+        cached.teachers,
+        cached.letters,
+        lr=config.lr,
+        epochs=config.epochs,
+        lam=config.lam,
+        progress=progress,
+    )
+    return fm.read(name, weights), losses
+
+
+def cached_scores(fm: TorchFM, cached: CachedLists) -> NDArray[np.float32]:
+    """(lists, letters) torch letter logits of the cached lists with the adapters attached now (top layers only)."""
+    # torch: the caller already runs the torch model
+    import torch
+
+    with torch.no_grad():
+        parts = [fm.top_letter_logits(cache, cached.letters).numpy() for cache in cached.caches]
+    return np.concatenate(parts).astype(np.float32)
