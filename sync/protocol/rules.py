@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from sync.protocol.masking import Quantization
-from sync.protocol.secagg import graph_degree, share_threshold
+if TYPE_CHECKING:  # the masking and secagg modules (cryptography) load only when a round's rules are computed,
+    # so the agent's settings and the TUI's start, which read the defaults below, do not pay for them
+    from sync.protocol.masking import Quantization
 
 SYNC_COHORT = 1000
 SYNC_CLIP = 0.5
@@ -84,6 +85,8 @@ def min_survivors(n: int, *, min_cohort: int, max_dropout: float) -> int:
 
     At least ``min_cohort``, at least the Shamir threshold of the round graph, and ``n`` minus the tolerated drops.
     """
+    from sync.protocol.secagg import graph_degree, share_threshold
+
     threshold = share_threshold(graph_degree(n))
     return max(min_cohort, threshold, n - math.floor(n * max_dropout + 1e-9))
 
@@ -120,6 +123,7 @@ def round_quantization(
     width unless the packed vector would exceed ``max_bytes`` — then the widest width that fits. ValueError when
     that width leaves fewer than :data:`MIN_BUDGET_LEVELS` levels for a cohort of ``n`` (the sum must not wrap).
     """
+    from sync.protocol.masking import Quantization
     if not rotation or vector_size is None:
         return Quantization.for_cohort(n, quantization_bound(clip, sigma, survivors))
     bound = quantization_bound(clip, sigma, survivors, vector_size)
