@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from models.data.catalog import Catalog
 from models.data.request import Request as CatalogRequest
-from models.data.request import filter_scores, parse_request
+from models.data.request import filter_scores
 from models.data.split import Split
 from models.evaluation.metrics import hit_at, ndcg_at, summarize
 from models.types import FloatArray, IntArray
@@ -241,16 +241,6 @@ def metadata_filter(lists: list[QueryList]) -> Reranker:
 
     def rerank(user: int, _request: str, _items: IntArray, first_stage: Scores) -> Scores:
         return filter_scores(first_stage, masks[user])
-
-    return rerank
-
-
-def request_filter(catalog: Catalog) -> Reranker:
-    """What ``agent suggest --query`` does after the blend: read the request *text* for catalog tags and a decade
-    (:func:`models.data.request.parse_request`) and put the candidates that satisfy it first."""
-
-    def rerank(_user: int, request: str, items: IntArray, first_stage: Scores) -> Scores:
-        return filter_scores(first_stage, parse_request(request, catalog).mask(catalog, items))
 
     return rerank
 
