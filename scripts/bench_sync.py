@@ -10,9 +10,12 @@ coordinator_peak_rss_mb, round_wall_s and agent_secagg_cpu_s_per_round (per agen
 
 --backend sqlite (default: a file in a temporary folder) or postgres (a throwaway PostgreSQL server on 127.0.0.1 from
 the machine's binaries, as the tests start it; synchronous_commit=off, the same durability as SQLite's WAL with
-synchronous=NORMAL). Also prints backend, replicas (1: one coordinator process), db_bytes_written_per_round
-(SQLite: bytes the coordinator process wrote to disk, /proc/PID/io write_bytes, WAL and checkpoints; PostgreSQL: WAL
-bytes generated, pg_current_wal_lsn difference) and stage_s (seconds each stage of a round lasted, from /status).
+synchronous=NORMAL). --replicas R (postgres only) runs R coordinator processes on the one database, the agents spread
+over them by agent id as a load balancer with affinity would. Also prints backend, replicas,
+db_bytes_written_per_round (SQLite: bytes the coordinator process wrote to disk, /proc/PID/io write_bytes, WAL and
+checkpoints; PostgreSQL: WAL bytes generated, pg_current_wal_lsn difference), db_bytes_by_table (PostgreSQL: that WAL
+split by the table its records touch, read with pg_walinspect), stage_s (seconds each stage of a round lasted, from
+/status) and each replica's peak RSS.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx  # noqa: E402
+import psycopg  # noqa: E402
 
 from sync.coordinator.local import coordinator_process  # noqa: E402
 from sync.protocol.rules import SYNC_PHI_SIZE  # noqa: E402
@@ -56,7 +60,10 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-BENCH_POSTGRES_SETTINGS = {"synchronous_commit": "off"}
+BENCH_POSTGRES_SETTINGS = {
+    "synchronous_commit": "off",
+    "wal_keep_size": "8192",
+}  # MB: a long round's WAL stays readable
 WRITTEN_HOW = {
     "sqlite": "write_bytes of the coordinator process (/proc/PID/io): WAL frames and checkpoints into the file",
     "postgres": "WAL bytes the server generated (pg_current_wal_lsn difference); table pages follow at checkpoints",
@@ -88,6 +95,44 @@ def db_bytes_written(backend: str, db: str, pid: int) -> int:
         row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def wal_lsn(db: str) -> str:
+    """The server's current WAL position (PostgreSQL)."""
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def wal_by_table(db: str, start: str, end: str) -> dict[str, int]:
+    """WAL bytes between two positions by the table each record touches (its first block; TOAST and indexes counted
+    with their table), read with pg_walinspect; records of relations gone by now (the round's dropped key-share
+    partitions) are "dropped partitions", records touching no relation (commits, ...) "other"."""
+    import re
+
+    import psycopg
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        names: dict[int, str] = {}
+        for node, name in conn.execute(
+            "SELECT c.relfilenode, COALESCE(t.relname, i.relname, c.relname) FROM pg_class c"
+            " LEFT JOIN pg_class t ON t.reltoastrelid = c.oid"
+            " LEFT JOIN pg_index x ON x.indexrelid = c.oid LEFT JOIN pg_class i ON i.oid = x.indrelid"
+            " WHERE c.relfilenode <> 0"
+        ):
+            names[int(node)] = str(name)
+        split: dict[str, int] = {}
+        for ref, length in conn.execute(
+            "SELECT block_ref, record_length FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn)", (start, end)
+        ):
+            found = re.search(r"rel \d+/\d+/(\d+)", ref or "")
+            name = "other" if found is None else names.get(int(found.group(1)), "dropped partitions")
+            split[name] = split.get(name, 0) + int(length)
+    return dict(sorted(split.items(), key=lambda kv: -kv[1]))
 
 
 class StageClock:
@@ -135,10 +180,16 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.0, help="fraction dropping after sharing keys")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite", help="the coordinator's store")
-    parser.add_argument("--replicas", type=int, default=1, help="coordinator processes (only 1 so far)")
+    parser.add_argument(
+        "--advertise-s",
+        type=float,
+        default=600.0,
+        help="the advertise stage deadline; agents checking in before the round opens come back in its first half",
+    )
+    parser.add_argument("--replicas", type=int, default=1, help="coordinator processes (more than 1: postgres only)")
     args = parser.parse_args()
-    if args.replicas != 1:
-        parser.error("--replicas: only 1 coordinator process so far (replicas with one leader are not built yet)")
+    if args.replicas < 1 or (args.replicas > 1 and args.backend != "postgres"):
+        parser.error("--replicas: at least 1, and more than 1 only with --backend postgres (a SQLite file has one)")
     rng = np.random.default_rng(0)
     total = args.size + args.phi_size
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
@@ -152,7 +203,7 @@ def main() -> None:
             "--over-selection",
             "0",
             "--advertise-s",
-            "600",
+            str(args.advertise_s),
             "--masked-input-s",
             "600",
             "--share-keys-s",
@@ -162,16 +213,20 @@ def main() -> None:
             "--min-cohort",
             str(min(10, args.agents)),
         ]
-        with (
-            database(args.backend, Path(tmp)) as db,
-            coordinator_process(db, args=coordinator_args) as (url, process),
-        ):
-            aggregator = SecureAggregator(url, dropout=args.dropout, timeout=1800)
+        with database(args.backend, Path(tmp)) as db, contextlib.ExitStack() as stack:
+            replicas = [
+                stack.enter_context(coordinator_process(db, args=coordinator_args)) for _ in range(args.replicas)
+            ]
+            url, process = replicas[0]
+            urls = tuple(u for u, _ in replicas) if args.replicas > 1 else ()
+            aggregator = SecureAggregator(url, dropout=args.dropout, timeout=1800, replicas=urls)
             clock = StageClock(url)
             completed = 0
             written: list[int] = []
+            by_table: dict[str, int] = {}
             for r in range(args.rounds):
                 before = db_bytes_written(args.backend, db, process.pid)
+                start_lsn = wal_lsn(db) if args.backend == "postgres" else ""
                 aggregator.begin_round(r, total)
                 for a in range(args.agents):
                     aggregator.submit(
@@ -186,8 +241,16 @@ def main() -> None:
                     )
                 completed += aggregator.finish() is not None
                 written.append(db_bytes_written(args.backend, db, process.pid) - before)
+                if args.backend == "postgres":
+                    try:
+                        split = wal_by_table(db, start_lsn, wal_lsn(db))
+                    except psycopg.Error as error:  # e.g. the round's first WAL segment recycled already
+                        print(f"round {r}: no WAL split: {error}", file=sys.stderr)
+                        split = {}
+                    for name, size in split.items():
+                        by_table[name] = by_table.get(name, 0) + size
                 print(f"round {r}: {aggregator.stats[-1]}", file=sys.stderr)
-            rss = peak_rss_mb(process.pid)
+            rss = [peak_rss_mb(p.pid) for _, p in replicas]
             clock.close()
     stats = aggregator.stats
     body = {
@@ -197,7 +260,8 @@ def main() -> None:
         "parts": {"theta_g": args.size, "phi_g": args.phi_size},
         "bytes_up_per_agent_round": round(float(np.mean([s.bytes_up_per_agent for s in stats]))),
         "bytes_down_per_agent_round": round(float(np.mean([s.bytes_down_per_agent for s in stats]))),
-        "coordinator_peak_rss_mb": round(rss, 1),
+        "coordinator_peak_rss_mb": round(max(rss), 1),
+        "replica_peak_rss_mb": [round(m, 1) for m in rss],
         "round_wall_s": round(float(np.mean([s.wall_s for s in stats])), 2),
         "agent_secagg_cpu_s_per_round": round(float(np.mean([s.secagg_cpu_s_per_agent for s in stats])), 4),
         "dropout": args.dropout,
@@ -205,6 +269,11 @@ def main() -> None:
         "replicas": args.replicas,
         "db_bytes_written_per_round": round(float(np.mean(written))),
         "db_bytes_written_how": WRITTEN_HOW[args.backend],
+        **(
+            {"db_bytes_by_table_per_round": {k: round(v / args.rounds) for k, v in by_table.items()}}
+            if by_table
+            else {}
+        ),
         "stage_s": clock.stage_seconds(),
     }
     print(json.dumps(body, indent=None if args.json else 2))

@@ -5,29 +5,66 @@ R rounds with a fraction dropping after sharing keys; validation quality per rou
     .venv/bin/python scripts/simulate.py --agents 200 --rounds 10 --dropout 0.1
 
 Prints one JSON line per round (stdout): validation metrics, the round's protocol figures and ε so far.
+
+With ``--availability default|always|FILE`` the agents are laptops online only part of the day
+(``sync.simulation.availability``: seeded on/off traces, round slots every 24/``--rounds-per-day`` h over ``--days``
+simulated days, the device's power, spacing and budget rules, updates trained from the version an agent fetched).
+Then ``--rounds`` is not used and one JSON object is printed: rounds opened/completed/abandoned, participations per
+agent against the cap, the stale-base fraction, validation quality after the run and ε per agent, and (unless
+``--no-compare-always-online``) the same quality for every agent in every round over as many rounds, on a fresh
+coordinator:
+
+    .venv/bin/python scripts/simulate.py --agents 300 --availability default --json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.paths import cache_dir
 from models.data.movielens import load_ml100k
-from models.data.split import make_loo_split
+from models.data.split import Split, make_loo_split
 from models.firststage.fit import train_federated
 from models.firststage.recipe import FederatedConfig
 from models.firststage.scorer import SharedParams
 from models.text.encoder import ItemEncoder, embed_catalog
+from models.types import FloatArray
+from sync.protocol.privacy import PrivacyParams
 from sync.simulation.aggregator import SecureAggregator
+from sync.simulation.availability import (
+    AvailabilityConfig,
+    AvailabilityError,
+    local_private_quality,
+    simulate_availability,
+    traces_for,
+)
 
 
-def main() -> None:
+def _coordinator_args(args: argparse.Namespace, server_lr: float, min_cohort: int) -> tuple[str, ...]:
+    return (
+        "--clip",
+        str(args.clip),
+        "--sigma",
+        str(args.sigma),
+        "--server-lr",
+        str(server_lr),
+        "--min-cohort",
+        str(min_cohort),
+        "--masked-input-s",
+        str(args.stage_deadline),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agents", type=int, default=100, help="ML-100K users taking part (the first N)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -36,25 +73,58 @@ def main() -> None:
     parser.add_argument("--sigma", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stage-deadline", type=float, default=15.0, help="seconds to wait for late agents")
-    args = parser.parse_args()
+    group = parser.add_argument_group("availability (--availability)")
+    group.add_argument(
+        "--availability",
+        metavar="MODEL|FILE",
+        help="default (each agent online 20-40%% of the day in random blocks, partly on battery), always, or a JSON/"
+        "CSV trace file (sync/simulation/availability.py: load_traces)",
+    )
+    group.add_argument("--days", type=float, default=28.0, help="simulated days (default 28: the 7-day cap matters)")
+    group.add_argument("--rounds-per-day", type=int, default=4, help="round slots per simulated day (default 4: 6 h)")
+    group.add_argument("--min-days-between", type=float, default=7.0, help="the device's spacing rule, days")
+    group.add_argument("--allow-battery", action="store_true", help="take part on battery too (require_ac = false)")
+    group.add_argument(
+        "--epsilon-budget",
+        type=float,
+        default=math.inf,
+        help="ε per rolling 365 days an agent may spend (default: none; at σ 0.5 one round alone costs ε ≈ 15)",
+    )
+    group.add_argument("--min-cohort", type=int, default=10, help="a round needs this many agents (default 10)")
+    group.add_argument(
+        "--advertise-s",
+        type=float,
+        default=6.0,
+        help="seconds a round waits for the cohort's keys (the cohort changes per round, so it rarely fills)",
+    )
+    group.add_argument(
+        "--compare-always-online",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run every agent in every round for as many rounds as completed, for the quality ratio",
+    )
+    group.add_argument("--json", action="store_true", help="print the one JSON object on one line")
+    return parser
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    if args.agents < 2:
+        sys.exit("simulate.py: --agents must be at least 2")
     dataset = load_ml100k()
     split = make_loo_split(dataset, seed=args.seed)
     users = sorted(split.users)[: args.agents]
     vectors = embed_catalog(dataset.catalog, ItemEncoder(), cache_dir() / "embeddings")
+    if args.availability is not None:
+        try:
+            summary = _availability(args, split, users, vectors)
+        except AvailabilityError as error:
+            sys.exit(f"simulate.py: {error}")
+        print(json.dumps(summary) if args.json else json.dumps(summary, indent=2), flush=True)
+        return
     config = replace(FederatedConfig(seed=args.seed), rounds=args.rounds)
     initial = SharedParams.init(split.n_items, seed=args.seed).to_vector()
-    coordinator_args = (
-        "--clip",
-        str(args.clip),
-        "--sigma",
-        str(args.sigma),
-        "--server-lr",
-        str(config.server_lr),
-        "--min-cohort",
-        str(min(10, args.agents)),
-        "--masked-input-s",
-        str(args.stage_deadline),
-    )
+    coordinator_args = _coordinator_args(args, config.server_lr, min(10, args.agents))
     with SecureAggregator.local(
         initial, args.agents, coordinator_args=coordinator_args, dropout=args.dropout, seed=args.seed
     ) as aggregator:
@@ -76,6 +146,80 @@ def main() -> None:
             }
         )
     )
+
+
+def _availability(args: argparse.Namespace, split: Split, users: list[int], vectors: FloatArray) -> dict[str, Any]:
+    """The availability run and (unless disabled) the always-online run of as many rounds: one JSON object."""
+    federated = FederatedConfig(seed=args.seed)
+    min_cohort = min(args.min_cohort, args.agents)
+    config = AvailabilityConfig(
+        days=args.days,
+        rounds_per_day=args.rounds_per_day,
+        min_days_between=args.min_days_between,
+        require_ac=not args.allow_battery,
+        epsilon_budget=args.epsilon_budget,
+        noise_multiplier=PrivacyParams(clip=args.clip, sigma=args.sigma).noise_multiplier,
+        min_cohort=min_cohort,
+        seed=args.seed,
+    )
+    traces = traces_for(args.availability, len(users), args.days, seed=args.seed)
+    initial = SharedParams.init(split.n_items, seed=args.seed).to_vector()
+    coordinator = (*_coordinator_args(args, federated.server_lr, min_cohort), "--advertise-s", str(args.advertise_s))
+    started = time.perf_counter()
+
+    def report(info: dict[str, Any]) -> None:
+        print(json.dumps(info), file=sys.stderr, flush=True)
+
+    with SecureAggregator.local(
+        initial, len(users), coordinator_args=coordinator, dropout=args.dropout, seed=args.seed
+    ) as aggregator:
+        run = simulate_availability(
+            split, vectors, traces, aggregator, config=config, federated=federated, users=users, progress=report
+        )
+    summary: dict[str, Any] = {"agents": len(users), "availability": args.availability, "sigma": args.sigma}
+    summary |= run.summary() | {"wall_s": round(time.perf_counter() - started, 1)}
+    completed = summary["rounds_completed"]
+    if not args.compare_always_online or completed == 0:
+        return summary
+    started = time.perf_counter()
+    always = replace(federated, rounds=completed)
+    with SecureAggregator.local(
+        initial,
+        len(users),
+        coordinator_args=_coordinator_args(args, federated.server_lr, min_cohort),
+        dropout=args.dropout,
+        seed=args.seed,
+    ) as reference:
+        model = train_federated(
+            split,
+            vectors,
+            config=always,
+            aggregator=reference,
+            users=users,
+            progress=lambda _kind, info: report({"always_online": True} | info),
+        )
+    assert model.shared is not None
+    history = model.selected["history"]
+    final = {k.removeprefix("valid_"): v for k, v in history[-1].items() if k.startswith("valid_")}
+    selected = {
+        k.removeprefix("valid_"): v for k, v in history[model.selected["round"] - 1].items() if k.startswith("valid_")
+    }
+    summary["always_online"] = {
+        "rounds": completed,
+        "quality_final": final,
+        "quality_selected": selected | {"round": model.selected["round"]},
+        "quality_selected_local_private": local_private_quality(model.shared, split.subset(users), vectors, always),
+        "participations_per_agent": completed,
+        "survivors_per_round": [s.survivors for s in reference.stats],
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    summary["quality_ratio"] = {
+        "final_NDCG@10": summary["quality_final"]["NDCG@10"] / final["NDCG@10"],
+        "selected_NDCG@10": summary["quality_selected"]["NDCG@10"] / selected["NDCG@10"],
+        "selected_local_private_NDCG@10": summary["quality_selected_local_private"]["NDCG@10"]
+        / summary["always_online"]["quality_selected_local_private"]["NDCG@10"],
+    }
+    return summary
 
 
 if __name__ == "__main__":

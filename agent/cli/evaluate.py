@@ -49,8 +49,18 @@ def eval_command(
     ] = False,
     test_users: Annotated[
         int | None,
-        typer.Option(help="persona models: rescore a seeded sample of this many users' test lists (default: all)."),
+        typer.Option(
+            help="persona models, or --with-fm: rescore a seeded sample of this many users' lists (default: all)."
+        ),
     ] = None,
+    with_fm: Annotated[
+        bool,
+        typer.Option(
+            "--with-fm",
+            help="--protocol query: add the row product_query_fm (the language model rescores the product's top 20 "
+            "with the request in its prompt; about 1 s per list, validation and test).",
+        ),
+    ] = False,
     plot: Annotated[str | None, typer.Option("--plot", metavar="[FILE]", help=PLOT_HELP)] = None,
 ) -> None:
     """Measure a model on MovieLens-100K with a leak-free protocol; model selection uses validation only."""
@@ -70,8 +80,10 @@ def eval_command(
             "--via-sync measures the federated first stage through the real protocol; use it with --model federated "
             "(the persona models train their shared LoRA with the in-process aggregator)."
         )
-    if test_users is not None and (test_users < 1 or not model.startswith("persona")):
-        usage_error("--test-users takes a positive number and applies to the persona models only.")
+    if with_fm and protocol != "query":
+        usage_error("--with-fm adds the language-model row of the query protocol: use it with --protocol query.")
+    if test_users is not None and (test_users < 1 or not (model.startswith("persona") or with_fm)):
+        usage_error("--test-users takes a positive number and applies to the persona models only (or --with-fm).")
     try:
         dataset, vectors = ml100k_with_vectors()
         split = read_split(split_file, dataset) if split_file else make_loo_split(dataset, seed=seed)
@@ -106,6 +118,8 @@ def eval_command(
                 aggregator=aggregator,
                 catalog=dataset.catalog,
                 persona=PersonaConfig(test_users=test_users),
+                query_fm=with_fm,
+                query_fm_users=test_users,
                 progress=on_progress,
             )
             if aggregator is not None:

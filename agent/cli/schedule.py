@@ -16,6 +16,7 @@ from agent.cli.session import open_store
 from agent.engine.eligibility import describe_check
 from agent.engine.schedule import (
     ScheduleError,
+    come_back_text,
     format_duration,
     install,
     parse_duration,
@@ -59,8 +60,11 @@ def synced_line(summary: dict[str, Any]) -> str:
     )
 
 
-def run_if_eligible(url: str, *, timeout: float, as_json: bool, sync_options: Mapping[str, Any] | None = None) -> None:
+def run_if_eligible(
+    url: str, *, timeout: float, as_json: bool, sync_options: Mapping[str, Any] | None = None
+) -> float | None:
     """One ``agent sync --if-eligible``: check and record eligibility, then sync at low priority, or print why not.
+    Returns when the coordinator asked to come back (the window's start), else None.
 
     A failing sync raises its :class:`PersonaError` (recorded as the check's outcome first)."""
     with open_store() as store:
@@ -74,13 +78,16 @@ def run_if_eligible(url: str, *, timeout: float, as_json: bool, sync_options: Ma
             run = scheduled_sync(
                 store, url, timeout=timeout, progress=on_progress, passphrase=passphrase, sync_options=sync_options
             )
+    window = None if run.come_back is None else {"not_before": run.come_back[0], "not_after": run.come_back[1]}
     if as_json:
-        emit_json({"eligibility": run.eligibility.as_dict(), "sync": run.summary})
-        return
-    if run.summary is None:
+        emit_json({"eligibility": run.eligibility.as_dict(), "sync": run.summary, "come_back": window})
+    elif run.come_back is not None:
+        out.print(escape(come_back_text(run.come_back)), soft_wrap=True)
+    elif run.summary is None:
         out.print(escape(run.eligibility.line()), soft_wrap=True)
-        return
-    out.print(escape(synced_line(run.summary)))
+    else:
+        out.print(escape(synced_line(run.summary)))
+    return None if run.come_back is None else run.come_back[0]
 
 
 def scheduled_command(
@@ -96,11 +103,12 @@ def scheduled_command(
         return
     seconds = parse_duration(every)
 
-    def once() -> None:
+    def once() -> float | None:
         try:
-            run_if_eligible(url, timeout=timeout, as_json=as_json, sync_options=sync_options)
+            return run_if_eligible(url, timeout=timeout, as_json=as_json, sync_options=sync_options)
         except PersonaError as error:
             err.print(f"[bold red]{escape(error.title)}:[/] {escape(error.message)}")
+            return None
 
     def on_wait(wait: float) -> None:
         err.print(f"next try at {time.strftime('%Y-%m-%d %H:%M', time.localtime(time.time() + wait))}")

@@ -12,6 +12,7 @@ from agent.cli.session import open_store
 from agent.engine.sync import DEFAULT_TIMEOUT, no_coordinator_error, sync_profile
 from agent.settings import COORDINATOR_ENV, coordinator_url, passphrase_from_env
 from models.errors import PersonaError
+from sync.errors import ComeBackLater
 
 
 def sync_command(
@@ -68,6 +69,12 @@ def sync_command(
                     enrollment=enroll,
                     insecure_http=insecure_http,
                 )
+        except ComeBackLater as later:  # the window is further than a one-shot sync waits (2 minutes)
+            if as_json:
+                window = {"not_before": later.not_before, "not_after": later.not_after, "round_id": later.round_id}
+                emit_json({"come_back": window, "detail": later.message})
+                raise typer.Exit(1) from None
+            fail(later)
         except PersonaError as error:
             fail(error)
     if as_json:
@@ -80,3 +87,10 @@ def sync_command(
         f"C={summary['C']:g} σ={summary['sigma']:g} · cohort {summary['cohort']} · "
         f"ε this year {summary['epsilon']:.3g} of your budget {summary['privacy_budget']['budget']:g}"
     )
+    if summary.get("blend"):  # federated evaluation: the weight the federation signed with this version
+        blend = summary["blend"]
+        out.print(
+            f"federation's rerank blend weight {blend['weight']:g} (version {blend['version']}, measured on "
+            f"v{blend['measured_version']} from {blend['agents']} agents); in force: {blend['in_force']['weight']:g} "
+            f"({blend['in_force']['source']})"
+        )

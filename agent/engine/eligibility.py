@@ -41,6 +41,7 @@ from typing import Any
 from agent.settings import SchedulePreferences, load_settings
 from agent.store.egress import last_participation
 from agent.store.profile_store import ProfileStore
+from sync.protocol.rules import power_allows, spacing_allows
 
 POWER_SUPPLY_DIR = Path("/sys/class/power_supply")
 DAY_S = 86_400.0
@@ -173,7 +174,7 @@ def _power(prefs: SchedulePreferences, probes: Probes) -> Check:
         return Check("power", True, "power source unknown (treated as AC)")
     if on_ac:
         return Check("power", True, "on AC power")
-    if prefs.require_ac:
+    if not power_allows(on_ac, require_ac=prefs.require_ac):
         return Check("power", False, "on battery ([schedule] require_ac = true)")
     return Check("power", True, "on battery, allowed ([schedule] require_ac = false)")
 
@@ -201,7 +202,7 @@ def _spacing(prefs: SchedulePreferences, store: ProfileStore, now: float) -> Che
     if last is None:
         return Check("spacing", True, "no participation yet")
     days = (now - last) / DAY_S
-    if days >= prefs.min_days_between:
+    if spacing_allows(last, now, min_days_between=prefs.min_days_between):
         return Check("spacing", True, f"last participation {days:.1f} days ago")
     due = time.strftime("%Y-%m-%d %H:%M", time.localtime(last + prefs.min_days_between * DAY_S))
     return Check(

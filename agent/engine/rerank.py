@@ -37,12 +37,10 @@ from agent.store.records import PRIVATE_LORA, SHARED_LORA
 from models.assets import atomic_write_bytes, sha256_file
 from models.errors import AssetError, PersonaError
 from models.fm.assets import GGUF_SHA256, gguf_path, require_gguf, torch_dir
-from models.fm.blend import blend
-from models.fm.lora import export_gguf
-from models.fm.prompts import PromptBuilder
-from models.fm.scoring import score_items
-from models.fm.serving import FoundationModel
 from models.types import IntArray
+
+# models.fm.{serving,prompts,scoring,blend,lora} (and tokenizers) are imported where the rerank runs, not here: with
+# the weight in force at 0 the suggest path and the TUI's first paint never need them (issue 15: ~60-130 ms)
 
 FM_VERIFIED_FILE = "foundation-model-verified.json"
 
@@ -112,6 +110,8 @@ class ServedModel:
         if self._fm is not None:
             self._fm.close()
             self._loaded.clear()
+        from models.fm.serving import FoundationModel
+
         path = require_gguf()
         verify_foundation_model(path, GGUF_SHA256)
         log = paths.ensure_dir(paths.log_dir()) / "llama.log"
@@ -121,6 +121,8 @@ class ServedModel:
     def _builder(self, profile: Profile) -> Any:
         name = profile.catalog.name
         if name not in self._builders:
+            from models.fm.prompts import PromptBuilder
+
             tokenizer = torch_dir() / "tokenizer.json"
             if not tokenizer.is_file():
                 raise AssetError(f"The foundation model's tokenizer {tokenizer} is missing.", hint="Run scripts/setup.")
@@ -146,6 +148,8 @@ class ServedModel:
 
     @staticmethod
     def _attach_shared(fm: Any, store: ProfileStore) -> None:
+        from models.fm.lora import export_gguf
+
         stored = store.load_shared_lora()
         assert stored is not None
         with tempfile.TemporaryDirectory(dir=store.folder, prefix=".serve-") as tmp:
@@ -155,6 +159,8 @@ class ServedModel:
 
     def score(self, profile: Profile, history: IntArray, items: list[int], *, use_private: bool) -> np.ndarray:
         """The language model's scores of ``items`` after ``history``, with the profile's adapters."""
+        from models.fm.scoring import score_items
+
         with self._lock:
             fm = self._model(len(items))
             builder = self._builder(profile)
@@ -212,6 +218,8 @@ def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSe
     except (PersonaError, RuntimeError, OSError) as error:
         problem = error if isinstance(error, PersonaError) else PersonaError(f"The language model failed: {error}")
         return RerankOutcome(first[:n], False, "first stage only: " + problem.message, problem)
+    from models.fm.blend import blend
+
     in_force = weight_in_force(settings)
     final = blend(np.array([s.score for s in top]), fm_scores, in_force.weight)
     order = np.argsort(-final, kind="stable")

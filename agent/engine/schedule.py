@@ -402,6 +402,14 @@ class ScheduledRun:
 
     eligibility: Eligibility
     summary: dict[str, Any] | None
+    come_back: tuple[float, float] | None = None
+    """When the coordinator's check-in asked to come back later: the window (Unix seconds, this machine's clock)."""
+
+
+def come_back_text(window: tuple[float, float]) -> str:
+    """The outcome of a run the coordinator paced: when to come back, in local time."""
+    start, end = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) for t in window)
+    return f"come back between {start} and {end} (the coordinator paces check-ins)"
 
 
 def scheduled_sync(
@@ -415,10 +423,12 @@ def scheduled_sync(
     sync_options: Mapping[str, Any] | None = None,
 ) -> ScheduledRun:
     """Check eligibility (recorded); if eligible, lower the priority and sync (train locally, then check in),
-    recording the outcome on the check's row. Errors of the sync are recorded, then raised.
+    recording the outcome on the check's row. Errors of the sync are recorded, then raised; a check-in answered with
+    "come back later" (:class:`sync.errors.ComeBackLater`) is recorded with its window and returned as ``come_back``.
 
     ``sync_options`` are passed on to :func:`agent.engine.sync.sync_profile` (e.g. ``insecure_http``)."""
     from agent.engine.sync import sync_profile  # reason: keeps httpx and the worker plumbing off the TUI's start-up
+    from sync.errors import ComeBackLater
 
     checked = check_eligibility(store, probes=probes)
     if not checked.eligible:
@@ -429,6 +439,10 @@ def scheduled_sync(
         summary = sync_profile(
             store, url, timeout=timeout, progress=progress, passphrase=passphrase, **dict(sync_options or {})
         )
+    except ComeBackLater as later:
+        window = (later.not_before, later.not_after)
+        store.set_eligibility_outcome(record_id, come_back_text(window))
+        return ScheduledRun(checked, None, window)
     except PersonaError as error:
         store.set_eligibility_outcome(record_id, f"failed: {error.message}")
         raise
@@ -440,19 +454,22 @@ def scheduled_sync(
 
 def run_periodically(
     seconds: int,
-    once: Callable[[], None],
+    once: Callable[[], float | None],
     *,
     sleep: Callable[[float], None] | None = None,
     rng: random.Random | None = None,
     on_wait: Callable[[float], None] | None = None,
 ) -> None:
     """Call ``once`` now and then every ``seconds`` ± :data:`JITTER` of it, until interrupted (KeyboardInterrupt
-    propagates: the caller exits cleanly). ``sleep`` defaults to :func:`time.sleep` as it is when called."""
+    propagates: the caller exits cleanly). ``sleep`` defaults to :func:`time.sleep` as it is when called. When
+    ``once`` returns a time (the coordinator's "come back" window, Unix seconds), the next call is then instead."""
     sleep = sleep or time.sleep
     rng = rng or random.Random()
     while True:
-        once()
+        come_back = once()
         wait = seconds * (1.0 + rng.uniform(-JITTER, JITTER))
+        if come_back is not None:
+            wait = max(0.0, come_back - time.time())
         if on_wait is not None:
             on_wait(wait)
         sleep(wait)

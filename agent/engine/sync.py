@@ -12,6 +12,14 @@ private vector. When the federation also carries the language model's shared ada
 in one store transaction. The round is recorded in the store's egress ledger whatever happens after joining; on
 any failure nothing is applied.
 
+When the coordinator runs federated evaluation (its rounds carry an evaluation plan, ``sync.protocol.evaluation``),
+the agent holds out its latest liked item and scores it against 99 sampled unseen items with the fetched shared
+vector (θ_u left at zero: the private vector has seen the held-out item) and, when it has the language model and an
+adapter (``[rerank] enabled``, the GGUF prepared, a private or shared LoRA), rescoring the first stage's top k at
+each candidate blend weight (:func:`local_evaluator`). Only the bounded HR@10/NDCG@10 per setting ride in the masked
+vector. The blend weight the coordinator signs with the new version is verified and recorded
+(:func:`agent.engine.rerank_weight.save_federation_blend`); it is in force unless ``[rerank] weight`` is set.
+
 The connection (:mod:`sync.client.tls`): an https coordinator is verified against the system trust store, the
 ``[sync] coordinator_ca_file`` or the certificate pinned by ``[sync] coordinator_fingerprint``; plain http to
 another machine is refused before any connection unless ``--insecure-http`` / ``[sync] insecure_http``. A
@@ -42,17 +50,22 @@ from numpy.typing import NDArray
 from agent.engine.budget import accepted_privacy, check_budget, privacy_budget
 from agent.engine.jobs import run_training
 from agent.engine.profile import Profile
+from agent.engine.rerank_weight import save_federation_blend, weight_in_force
 from agent.errors import ProfileError
 from agent.settings import COORDINATOR_ENV, coordinator_url, load_settings, passphrase_from_env, sync_settings
 from agent.store.egress import StoreLedger
 from agent.store.profile_store import ProfileStore
 from models.data.split import Split
-from models.firststage.scorer import PrivateParams, SharedParams
+from models.errors import PersonaError
+from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams
+from models.types import FloatArray, IntArray
+from sync.client.evaluate import ScoreFn, evaluate_held_out
 from sync.client.http_client import AgentClient
 from sync.client.identity import Identity
 from sync.client.run import run_sync
 from sync.client.tls import TransportPolicy, check_url, connection_error, ssl_context
 from sync.errors import CoordinatorError, SyncError
+from sync.protocol.evaluation import NOTHING, EvalPlan, LocalEvaluation
 from sync.protocol.privacy import DEFAULT_DELTA
 from sync.protocol.rules import SYNC_PHI_SIZE
 from sync.simulation.aggregator import SecureAggregator
@@ -147,6 +160,59 @@ def register(url: str, identity: Identity, verify: ssl.SSLContext | bool, enroll
         ) from error
 
 
+def _language_model_scores(profile: Profile) -> ScoreFn | None:
+    """The language model's scores with the profile's adapters (as the rerank serves them), or None when this agent
+    cannot score with it: the rerank switched off, the model not prepared, or no trained adapter."""
+    from agent.store.records import PRIVATE_LORA, SHARED_LORA
+    from models.fm.assets import gguf_path
+
+    if not load_settings().rerank.enabled or not gguf_path().is_file():
+        return None
+    private = profile.store.adapter_record(PRIVATE_LORA)
+    use_private = private is not None and private.meta.get("catalog") == profile.catalog.name
+    if not use_private and profile.store.adapter_record(SHARED_LORA) is None:
+        return None
+    from agent.engine.rerank import SERVED  # reason: the language model's code, only when it can score
+
+    def score(history: IntArray, items: IntArray) -> FloatArray:
+        scores = SERVED.score(profile, history, [int(i) for i in items], use_private=use_private)
+        return np.asarray(scores, dtype=np.float32)
+
+    return score
+
+
+def local_evaluator(
+    profile: Profile, fetched: Callable[[], NDArray[np.float32]]
+) -> Callable[[EvalPlan, int], LocalEvaluation]:
+    """What this profile measures when a round evaluates: its latest liked item held out and scored with the
+    ``fetched()`` θ_g (the version the round is based on) and θ_u = 0, and with the language model when it can
+    (:func:`sync.client.evaluate.evaluate_held_out`). A language-model failure falls back to the first stage alone;
+    any other failure sends nothing (count 0) rather than failing the round."""
+
+    def evaluate(plan: EvalPlan, base_version: int) -> LocalEvaluation:
+        try:
+            theta = fetched()
+            scorer = FirstStageScorer(profile.shared.with_vector(theta), profile.text_vectors)
+            zero = PrivateParams.init(profile.shared.dim)
+            liked, disliked = profile.feedback()
+
+            def first(history: IntArray, items: IntArray) -> FloatArray:
+                return scorer.score_items(history, zero, items)
+
+            def run(lm: ScoreFn | None) -> LocalEvaluation:
+                return evaluate_held_out(liked, disliked, profile.shared.n_items, plan, first, lm, seed=base_version)
+
+            lm = _language_model_scores(profile) if len(liked) >= 2 else None
+            if lm is not None:
+                with contextlib.suppress(PersonaError, OSError, RuntimeError, ValueError):
+                    return run(lm)
+            return run(None)
+        except (PersonaError, OSError, ValueError):
+            return NOTHING
+
+    return evaluate
+
+
 def identity_for(store: ProfileStore) -> Identity:
     """The profile's long-term sync identity (created on first use; a 0600 file in the data folder)."""
     return Identity.load_or_create(store.folder / IDENTITY_FILE)
@@ -196,6 +262,7 @@ def sync_profile(
             )
             trained.update(result)
             trained["private"] = np.load(work / "out" / "private.npy", allow_pickle=False)
+            trained["theta"] = theta
             on_stage("trained", {"n_examples": result["n_examples"]})
             delta = np.load(work / "out" / "shared_delta.npy", allow_pickle=False)
             if phi is not None:  # φ_g is not trained on the agent yet: its part of the delta is zero
@@ -220,6 +287,7 @@ def sync_profile(
             timeout=timeout,
             progress=on_stage,
             verify=verify,  # it registers again (idempotent, no token): the ledger counts that request as before
+            evaluate=local_evaluator(profile, lambda: trained["theta"]),
         )
     new_theta, new_phi = split_shared(outcome.shared.vector, template.size, profile.catalog.name)
     new_shared = template.with_vector(new_theta)
@@ -245,9 +313,26 @@ def sync_profile(
             private,
             meta={"catalog": profile.catalog.name, "shared_version": f"federation-v{outcome.shared.version}"},
         )
+    blend = outcome.shared.blend  # verified against the coordinator's key with the version
+    if blend is not None:
+        save_federation_blend(
+            blend.weight,
+            version=outcome.shared.version,
+            measured_version=blend.measured_version,
+            agents=blend.agents,
+            round_id=blend.round_id,
+        )
     entry = outcome.entry
     report(1.0, f"applied shared vector v{outcome.shared.version}" if published else "no new shared vector published")
     return {
+        "evaluation": outcome.round.evaluation,
+        "blend": None
+        if blend is None
+        else {
+            **blend.as_dict(),
+            "version": outcome.shared.version,
+            "in_force": weight_in_force(load_settings().rerank).as_dict(),
+        },
         "round": entry.round_id,
         "version": outcome.shared.version,
         "bytes_up": entry.bytes_sent,

@@ -6,6 +6,11 @@ Everything slow runs in thread workers (loading the catalog and vectors, embeddi
 itself runs in a separate process (:mod:`agent.engine.worker`), so torch is never imported here. Errors show as
 notifications or a modal. "Sync now" goes through the ``sync`` seam of the constructor (the engine's by default).
 
+Start-up: only what the first screen needs is imported with this module (the Suggestions, Loading and modal
+screens); the Onboarding, Profile and Sync screens, with their charts, are imported when first shown, and the
+Suggestions screen imports the language model's rerank only when the blend weight in force turns it on
+(``scripts/bench_tui.py`` times the first paint; ``tests/agent/test_tui.py`` checks what it has imported).
+
 Every binding has an id; ``[keys]`` in ``config.toml`` remaps them (see :mod:`agent.settings`). The command
 palette (Ctrl+P) mirrors the CLI verbs.
 """
@@ -39,10 +44,7 @@ from agent.tui.messages import (
 )
 from agent.tui.screens.loading import LoadingScreen
 from agent.tui.screens.modals import ConfirmScreen, ErrorScreen, PassphraseScreen
-from agent.tui.screens.onboarding import OnboardingScreen
-from agent.tui.screens.profile import ProfileScreen
 from agent.tui.screens.suggestions import SuggestionsScreen
-from agent.tui.screens.sync import SyncScreen
 from models.errors import PersonaError
 
 if TYPE_CHECKING:
@@ -172,7 +174,7 @@ class PersonaApp(App[None]):
         if len(liked):
             self.switch_screen(SuggestionsScreen(profile, self.settings, report_painted=self.suggestions_painted))
         else:
-            self.switch_screen(OnboardingScreen(profile))
+            self.show_onboarding()
 
     def on_unmount(self) -> None:
         if self.store is not None:
@@ -191,16 +193,22 @@ class PersonaApp(App[None]):
 
     def show_profile(self) -> None:
         """Go to the Profile screen."""
+        from agent.tui.screens.profile import ProfileScreen  # reason: off the start-up path (module docstring)
+
         if profile := self._loaded_profile():
             self.switch_screen(ProfileScreen(profile))
 
     def show_sync(self) -> None:
         """Go to the Sync screen."""
+        from agent.tui.screens.sync import SyncScreen  # reason: off the start-up path (module docstring)
+
         if profile := self._loaded_profile():
             self.switch_screen(SyncScreen(profile, self.sync_client_state))
 
     def show_onboarding(self) -> None:
         """Go to the Onboarding (search and like) screen."""
+        from agent.tui.screens.onboarding import OnboardingScreen  # reason: off the start-up path (module docstring)
+
         if profile := self._loaded_profile():
             self.switch_screen(OnboardingScreen(profile))
 
@@ -260,6 +268,8 @@ class PersonaApp(App[None]):
         self.notify(
             f"Private adapter retrained ({result['n_examples']} examples, {result['seconds']:.1f} s)", timeout=3
         )
+        from agent.tui.screens.profile import ProfileScreen  # reason: off the start-up path (module docstring)
+
         screen = self.screen
         if isinstance(screen, SuggestionsScreen):
             screen.refresh_suggestions()
@@ -343,6 +353,8 @@ class PersonaApp(App[None]):
             self.call_from_thread(self.report, error)
             return
         self.call_from_thread(self.notify, f"Sync done: {result}", timeout=4)
+        from agent.tui.screens.sync import SyncScreen  # reason: off the start-up path (module docstring)
+
         screen = self.screen
         if isinstance(screen, SyncScreen):
             self.call_from_thread(screen.reload)

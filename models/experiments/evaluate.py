@@ -111,9 +111,14 @@ def evaluate(
     aggregator: Aggregator | None = None,
     catalog: Catalog | None = None,
     persona: PersonaConfig | None = None,
+    query_fm: bool = False,
+    query_fm_users: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Train or load the model, select on validation, and report test metrics: the ``agent eval`` JSON body.
+
+    ``query_fm`` (query protocol only) adds the language-model row ``product_query_fm`` on a seeded sample of
+    ``query_fm_users`` users (None: all; :func:`models.experiments.query.evaluate_query`).
 
     ``persona`` and ``persona-shared`` (the whole system with both foundation-model adapters, or the shared one
     only) are described in :mod:`models.experiments.persona`; ``persona`` is their :class:`PersonaConfig`."""
@@ -134,6 +139,8 @@ def evaluate(
             central=central,
             aggregator=aggregator,
             seed=federated.seed,
+            with_fm=query_fm,
+            lm_users=query_fm_users,
             progress=progress,
         )
     elif name == "persona-base":

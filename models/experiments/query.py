@@ -13,14 +13,22 @@ the user's LOO-99 candidates (the same candidates as ``loo99``):
   catalog tags or a decade gets the filter over the first stage, reached from the text alone; others the blend.
 
 Every row is compared with ``first_stage_query`` (mean per-user difference and paired bootstrap 95 % interval over
-users, for NDCG@10, HR@10 and satisfied@10). A second stage (the listwise language model) plugs in as one more row:
-a :data:`~models.evaluation.protocols.Reranker` given to :func:`compare_rows`, chained after the query blend with
-:func:`models.evaluation.protocols.chain` so that it reranks the blended first stage's scores.
+users, for NDCG@10, HR@10 and satisfied@10).
+
+With ``lm_users`` (``agent eval --protocol query --with-fm [--test-users N]``) one more row, ``product_query_fm``
+(:func:`lm_row`): the two-stage system on requests. The product's order (``product_query``) gives the top 20; the
+base language model (llama.cpp, no adapter) reads the listwise prompt of :mod:`models.fm.listwise` *with the request*
+("Looking for: a 1990s comedy") and its letter logits are blended as ``z(product) + w · z(language model)``, ``w``
+picked on validation lists only from :data:`LM_WEIGHTS`; the rows below the top 20 keep the product's order. It runs
+on a seeded sample of users (validation and test lists of the same users) and is compared, on those users, with
+``product_query`` and with ``first_stage`` (paired bootstrap 95 % intervals).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +39,7 @@ from models.data.split import Split
 from models.errors import PersonaError
 from models.evaluation.protocols import (
     QUERY_TOP,
+    RERANK_K,
     QueryList,
     QueryRow,
     Reranker,
@@ -46,9 +55,16 @@ from models.federation import Aggregator
 from models.firststage.fit import TrainedModel, train_model
 from models.firststage.recipe import CentralConfig, FederatedConfig
 from models.firststage.scorer import QUERY_WEIGHT, FirstStageScorer, PrivateParams, query_vector, with_query
+from models.fm.assets import require_gguf, torch_dir
+from models.fm.blend import RerankedList, blend, fm_auc
+from models.fm.listwise import LetterScorer, ListwisePromptBuilder, score_list
+from models.fm.serving import FoundationModel
 from models.text.encoder import ItemEncoder
 from models.types import FloatArray, IntArray, Progress
 
+LM_ROW = "product_query_fm"
+LM_WEIGHTS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0)
+"""The blend weights of the language model over the product's order that validation chooses from (0: off)."""
 QUERY_WEIGHTS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 """The query weights validation chooses from. It picked 0.25 on ML-100K (validation NDCG@10 0.483 at 0.25, 0.328
 at 1), which is why the product's default, :data:`models.firststage.scorer.QUERY_WEIGHT`, is 0.25."""
@@ -134,6 +150,143 @@ def product_query(catalog: Catalog, blend: Reranker) -> Reranker:
     return rerank
 
 
+@dataclass(frozen=True)
+class LMList:
+    """One list rescored by the language model: the product's scores of all candidates, the positions of its top
+    ``k`` (best first) and the model's letter logits for them (in that order)."""
+
+    candidates: IntArray
+    product: Scores
+    top: IntArray
+    lm: FloatArray
+
+    def reranked(self) -> RerankedList:
+        """As a :class:`~models.fm.blend.RerankedList` (for :func:`~models.fm.blend.fm_auc`)."""
+        positive_rank = int(np.count_nonzero(self.product[1:] >= self.product[0]))
+        return RerankedList(self.top, self.product[self.top].astype(np.float32), self.lm, positive_rank)
+
+
+def lm_lists(
+    lists: Sequence[QueryList],
+    product: Reranker,
+    model: LetterScorer,
+    builder: ListwisePromptBuilder,
+    split: Split,
+    *,
+    k: int = RERANK_K,
+    progress: Progress | None = None,
+) -> dict[int, LMList]:
+    """Each list's product order, and the language model's listwise scores of its top ``k`` after the user's
+    training history and the request (one prompt per list)."""
+    out: dict[int, LMList] = {}
+    for done, lst in enumerate(lists, start=1):
+        scores = np.asarray(product(lst.user, lst.request.text, lst.candidates, lst.first_stage), dtype=np.float64)
+        top = np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+        history = split.users[lst.user].train
+        lm = score_list(model, builder, history, lst.candidates[top].tolist(), lst.request.text)
+        out[lst.user] = LMList(lst.candidates, scores, top, np.asarray(lm, dtype=np.float32))
+        if progress is not None and (done % 25 == 0 or done == len(lists)):
+            progress("query_lm", {"lists": done, "of": len(lists)})
+    return out
+
+
+def lm_reranker(scored: Mapping[int, LMList], weight: float) -> Reranker:
+    """The row ``product_query_fm`` at ``weight``: the product's top ``k`` reordered by ``z(product) + weight ·
+    z(language model)`` (:func:`models.fm.blend.blend`, the product's formula) and kept above the rest, which stay
+    in the product's order. At weight 0 it is the product's order."""
+
+    def rerank(user: int, _request: str, items: IntArray, _first_stage: Scores) -> Scores:
+        lst = scored[user]
+        if not np.array_equal(items, lst.candidates):
+            raise ValueError(f"user {user}'s candidates are not the ones the language model scored")
+        out = np.asarray(lst.product, dtype=np.float64).copy()
+        rest = np.delete(out, lst.top)
+        finite = rest[np.isfinite(rest)]
+        floor = float(finite.max()) if len(finite) else 0.0
+        final = blend(lst.product[lst.top], lst.lm, weight)
+        out[lst.top] = floor + 1.0 + final - final.min()
+        return out
+
+    return rerank
+
+
+def pick_lm_weight(
+    lists: list[QueryList], scored: Mapping[int, LMList], weights: Sequence[float] = LM_WEIGHTS
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The weight with the best NDCG@10 on these (validation) lists, the smallest on ties, and each weight's
+    HR@10 / NDCG@10 / satisfied@10."""
+    table = {str(w): query_row(lists, lm_reranker(scored, w)).summary() for w in weights}
+    best = max(sorted(weights), key=lambda w: (table[str(w)]["NDCG@10"], -w))
+    return best, table
+
+
+def lm_row(
+    valid: list[QueryList],
+    test: list[QueryList],
+    rows: Mapping[str, Mapping[str, Reranker]],
+    model: LetterScorer,
+    builder: ListwisePromptBuilder,
+    split: Split,
+    *,
+    k: int = RERANK_K,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``product_query_fm`` on these validation and test lists (the same users): the weight picked on validation,
+    then on test every row of ``rows[split]`` with it, each against ``product_query`` and against ``first_stage``
+    (paired bootstrap 95 % intervals over these users), the model's own within-top-``k`` AUC and its order alone."""
+    clock = time.perf_counter()
+    scored_valid = lm_lists(valid, rows["valid"]["product_query"], model, builder, split, k=k, progress=progress)
+    weight, by_weight = pick_lm_weight(valid, scored_valid)
+    scored_test = lm_lists(test, rows["test"]["product_query"], model, builder, split, k=k, progress=progress)
+    seconds = time.perf_counter() - clock
+    test_rows = {**rows["test"], LM_ROW: lm_reranker(scored_test, weight)}
+    summaries, vs_product = compare_rows(test, test_rows, baseline="product_query", seed=seed)
+    _, vs_first = compare_rows(test, test_rows, baseline="first_stage", seed=seed)
+    valid_rows = {**rows["valid"], LM_ROW: lm_reranker(scored_valid, weight)}
+    valid_summaries = {name: query_row(valid, rerank).summary() for name, rerank in valid_rows.items()}
+    alone = 1e6  # the language model's order within the top k, the product's only to break its ties
+    prompts = len(valid) + len(test)
+    return {
+        "users": len(test),
+        "k": k,
+        "adapters": "none (base model)",
+        "prompt": "listwise, 10 history titles, 'Looking for: <request>', the product's top k lettered A..T",
+        "weight": weight,
+        "weights": list(LM_WEIGHTS),
+        "valid_by_weight": by_weight,
+        "metrics": summaries,
+        "valid_metrics": valid_summaries,
+        "vs_product_query": vs_product,
+        "vs_first_stage": vs_first,
+        "lm_alone": {
+            "test": query_row(test, lm_reranker(scored_test, alone)).summary(),
+            "valid": query_row(valid, lm_reranker(scored_valid, alone)).summary(),
+        },
+        "lm_auc_in_top_k": {
+            "valid": fm_auc([lst.reranked() for lst in scored_valid.values()]),
+            "test": fm_auc([lst.reranked() for lst in scored_test.values()]),
+        },
+        "lists_with_positive_in_top_k": {
+            "valid": sum(bool(np.any(lst.top == 0)) for lst in scored_valid.values()),
+            "test": sum(bool(np.any(lst.top == 0)) for lst in scored_test.values()),
+        },
+        "prompts": prompts,
+        "lm_seconds": round(seconds, 1),
+        "seconds_per_prompt": round(seconds / max(1, prompts), 3),
+    }
+
+
+def sample_users(users: Sequence[int], n: int | None, seed: int) -> list[int]:
+    """A seeded sample of ``n`` users (all of them when ``n`` is None or not smaller), sorted."""
+    if n is not None and n < 1:
+        raise ValueError(f"the sample needs at least one user, got {n}")
+    if n is None or n >= len(users):
+        return sorted(int(u) for u in users)
+    rng = np.random.default_rng([seed, 43])
+    return sorted(int(u) for u in rng.choice(np.asarray(users), size=n, replace=False))
+
+
 def pick_query_weight(
     model: TrainedModel, split: Split, text_vectors: FloatArray, lists: list[QueryList]
 ) -> tuple[float, dict[str, dict[str, float]]]:
@@ -161,10 +314,15 @@ def evaluate_query(
     central: CentralConfig = CentralConfig(),
     aggregator: Aggregator | None = None,
     seed: int = 0,
+    with_fm: bool = False,
+    lm_users: int | None = None,
+    lm_threads: int = 1,
     progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Train the first stage (selected on LOO-99 validation as usual), pick the query weight on the validation
-    requests, and measure every row on the test requests; the same rows on validation too.
+    requests, and measure every row on the test requests; the same rows on validation too. ``with_fm`` adds the
+    row ``product_query_fm`` (:func:`lm_row`) on a seeded sample of ``lm_users`` users (None: all), its figures
+    under ``selected["product_query_fm"]`` and its test / validation metrics as that row (on the sample only).
 
     Returns (test metrics per row, validation metrics per row, the selection record with the comparisons)."""
     if name not in ("central", "federated"):
@@ -186,12 +344,16 @@ def evaluate_query(
     requests_seen: dict[str, dict[str, Any]] = {}
     weight: float = QUERY_WEIGHT
     by_weight: dict[str, dict[str, float]] = {}
+    lists_by_split: dict[str, list[QueryList]] = {}
+    rows_by_split: dict[str, dict[str, Reranker]] = {}
     for which in order:
         requests = make_requests(split, catalog, which, seed=seed)
         lists = query_lists(model, split, catalog, which, requests)
         if which == "valid":
             weight, by_weight = pick_query_weight(model, split, text_vectors, lists)
-        by_split[which] = compare_rows(lists, _rows(model, split, catalog, text_vectors, lists, weight), seed=seed)
+        rows = _rows(model, split, catalog, text_vectors, lists, weight)
+        lists_by_split[which], rows_by_split[which] = lists, rows
+        by_split[which] = compare_rows(lists, rows, seed=seed)
         satisfying = np.array([lst.satisfied[1:].mean() for lst in lists])
         requests_seen[which] = {
             "users": len(lists),
@@ -211,4 +373,18 @@ def evaluate_query(
         "valid_vs_first_stage_query": by_split["valid"][1],
         "resamples": RESAMPLES,
     }
-    return by_split["test"][0], by_split["valid"][0], selected
+    metrics, valid_metrics = by_split["test"][0], by_split["valid"][0]
+    if with_fm:
+        sample = set(sample_users(sorted(split.users), lm_users, seed))
+        chosen = {which: [lst for lst in lists_by_split[which] if lst.user in sample] for which in order}
+        builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
+        with FoundationModel(require_gguf(), n_threads=lm_threads, n_ctx=1024) as fm:
+            record = lm_row(
+                chosen["valid"], chosen["test"], rows_by_split, fm, builder, split, seed=seed, progress=progress
+            )
+        record["sampled_users"] = len(sample)
+        record["sample_seed"] = [seed, 43]
+        metrics = {**metrics, LM_ROW: record["metrics"][LM_ROW]}
+        valid_metrics = {**valid_metrics, LM_ROW: record["valid_metrics"][LM_ROW]}
+        selected[LM_ROW] = record
+    return metrics, valid_metrics, selected

@@ -5,6 +5,7 @@ position, so one forward pass scores the whole list.
 The prompt (token ids, pieces tokenized separately as in :mod:`models.fm.prompts`)::
 
     <bos>Movies I watched, most recent last: Fargo '96; Scream '96; ...
+    Looking for: a 1990s comedy          (only when the person asked for something: ``request``)
     Options:
     A. Toy Story '95
     ...
@@ -16,7 +17,8 @@ Years are written short (``'95``): Gemma's tokenizer spends a token per digit, a
 title, 180 per prompt; the short form keeps a full prompt near 300 tokens (serving cost is linear in it).
 
 Training (torch, :meth:`TorchFM.train_listwise_cached`) takes one forward per list through the adapted top layers
-only (:class:`~models.fm.torch_model.TopCache`); the loss is the cross-entropy of the 20 letter logits towards the
+only (:class:`~models.fm.torch_model.TopCache`; with the adapter on the last layer alone, one attention row per list:
+:class:`~models.fm.torch_model.LastLayerInputs`); the loss is the cross-entropy of the 20 letter logits towards the
 held-out item's letter plus ``lam`` · KL(softmax(z(first-stage scores)/tau) ‖ softmax(letter logits)), so the
 adapter learns a correction of the first stage rather than taste from scratch. Training lists mirror the test
 protocol (LOO-99) on training items only: target = a training item held out of the prefix, candidates = target + 99
@@ -70,6 +72,7 @@ class ListwisePromptBuilder(TokenPrompts):
             raise ValueError(f"the letter tokens are not distinct for this tokenizer: {self.letters}")
         self._head = self._ids("Movies I watched, most recent last:")
         self._options = self._ids("\nOptions:")
+        self._looking = self._ids("\nLooking for:")
         self._dot = self._ids(".")
         self._cue = [*self._ids("\nI watch next:"), self.newline]
         self._history_piece = lru_cache(maxsize=None)(self._history_piece_uncached)
@@ -87,15 +90,21 @@ class ListwisePromptBuilder(TokenPrompts):
     def _title_piece_uncached(self, item: int) -> tuple[int, ...]:
         return tuple(self._ids(" " + self.short_label(item)))
 
-    def prompt(self, history: Sequence[int], candidates: Sequence[int]) -> list[int]:
-        """BOS, the last ``history_items`` of ``history`` (oldest first), the candidates lettered A.. in the given
-        order, and the cue; the next token answers with a letter."""
+    def prompt(self, history: Sequence[int], candidates: Sequence[int], request: str | None = None) -> list[int]:
+        """BOS, the last ``history_items`` of ``history`` (oldest first), the person's request if any ("Looking
+        for: a 1990s comedy"), the candidates lettered A.. in the given order, and the cue; the next token answers
+        with a letter."""
         if not 1 <= len(candidates) <= LIST_SIZE:
             raise ValueError(f"a listwise prompt holds 1 to {LIST_SIZE} candidates, got {len(candidates)}")
         ids = [BOS, *self._head]
         recent = list(history)[-self.history_items :] if self.history_items else []
         for item in recent:
             ids.extend(self._history_piece(int(item)))
+        if request is not None:
+            text = " ".join(request.split())
+            if not text:
+                raise ValueError("an empty request: pass None for a prompt without one")
+            ids.extend((*self._looking, *self._ids(" " + text)))
         ids.extend(self._options)
         for letter, item in zip(self.letters, candidates, strict=False):
             ids.extend((self.newline, letter, *self._dot, *self._title_piece(int(item))))
@@ -122,10 +131,15 @@ class LetterScorer(Protocol):
 
 
 def score_list(
-    model: LetterScorer, builder: ListwisePromptBuilder, history: Iterable[int], candidates: Sequence[int]
+    model: LetterScorer,
+    builder: ListwisePromptBuilder,
+    history: Iterable[int],
+    candidates: Sequence[int],
+    request: str | None = None,
 ) -> NDArray[np.float32]:
-    """The foundation model's listwise score of each candidate (given in first-stage order) after ``history``."""
-    prompt = builder.prompt([int(i) for i in history], [int(i) for i in candidates])
+    """The foundation model's listwise score of each candidate (given in first-stage order) after ``history`` and,
+    if given, the person's ``request``."""
+    prompt = builder.prompt([int(i) for i in history], [int(i) for i in candidates], request)
     return model.letter_scores(prompt, builder.letters[: len(candidates)])
 
 

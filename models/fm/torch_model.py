@@ -44,11 +44,26 @@ class _LoraLinear(torch.nn.Module):
         self.scales: dict[str, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
+        return self.base(x) + self.delta(x)  # type: ignore[no-any-return]
+
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """The scaled sum of the attached low-rank updates (0 when none is on)."""
+        out: torch.Tensor | float = 0.0
         for name, scale in self.scales.items():
             if scale != 0.0:
                 out = out + scale * ((x @ self.a[name].T) @ self.b[name].T)
-        return out  # type: ignore[no-any-return]
+        return out if isinstance(out, torch.Tensor) else torch.zeros(())
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half swap (Gemma's ``rotate_half``): (x1, x2) → (−x2, x1) over the last axis."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _plain(projection: torch.nn.Module) -> torch.nn.Module:
+    """The frozen linear layer under any LoRA wrapper."""
+    return projection.base if isinstance(projection, _LoraLinear) else projection
 
 
 @dataclass
@@ -73,6 +88,26 @@ class TopCache:
     hidden: torch.Tensor  # (n, length, d) input of layer ``first``
     layer_kwargs: list[dict[str, object]]  # per layer from ``first``: mask, position embeddings, ...
     last: torch.Tensor  # (n,) index of each prompt's last token
+    fixed: LastLayerInputs | None = None  # filled on first use when ``first`` is the last layer
+
+
+@dataclass
+class LastLayerInputs:
+    """What an adapter on the **last** layer cannot change, computed once per cached batch.
+
+    Only the last position's output of the last layer reaches the answer, so with the adapter there (``q_proj`` and
+    ``v_proj``, :data:`~models.fm.lora.TARGETS`) a training step needs the query of one position per prompt, the
+    low-rank update of the values, and one attention row: the normed input, the rotated keys and the plain values
+    over all positions are fixed. A step then costs a few milliseconds instead of a full layer over every token
+    (:meth:`TorchFM.cache_top`; a test checks it equals the full model's logits).
+    """
+
+    normed: torch.Tensor  # (n, length, d) the layer's input after its input norm
+    keys: torch.Tensor  # (n, kv heads, length, head dim) after k_norm and the rotary embedding
+    values: torch.Tensor  # (n, kv heads, length, head dim) the plain v_proj, no adapter
+    cos: torch.Tensor  # (n, head dim) rotary embedding at each prompt's last position
+    sin: torch.Tensor
+    allowed: torch.Tensor  # (n, length) positions the last token may attend to (causal, padding, sliding window)
 
 
 class TorchFM:
@@ -187,6 +222,8 @@ class TorchFM:
 
     def _top_last_hidden(self, cache: TopCache) -> torch.Tensor:
         """(n, d) final (normed) hidden state at each prompt's last token, through the top layers only."""
+        if cache.first == len(self.layers) - 1:
+            return self.model.model.norm(self._last_layer_at_last(cache))  # type: ignore[no-any-return]
         h = cache.hidden
         for offset, layer in enumerate(self.layers[cache.first :]):
             h = layer(h, **cache.layer_kwargs[offset])
@@ -194,6 +231,54 @@ class TorchFM:
                 h = h[0]
         h = self.model.model.norm(h)
         return h[torch.arange(h.shape[0]), cache.last]  # type: ignore[no-any-return]
+
+    def _last_layer_at_last(self, cache: TopCache) -> torch.Tensor:
+        """(n, d) output of the last layer at each prompt's last token only (:class:`LastLayerInputs`)."""
+        layer = self.layers[cache.first]
+        attn = layer.self_attn
+        n, length, _ = cache.hidden.shape
+        rows = torch.arange(n)
+        head = attn.head_dim
+        if isinstance(attn.k_proj, _LoraLinear):
+            raise ValueError("the last-layer path assumes no adapter on k_proj")
+        if cache.fixed is None:
+            with torch.no_grad():
+                normed = layer.input_layernorm(cache.hidden)
+                keys = attn.k_norm(attn.k_proj(normed).view(n, length, -1, head).transpose(1, 2))
+                rotary = cache.layer_kwargs[0]["position_embeddings"]
+                assert isinstance(rotary, tuple)
+                cos_all: torch.Tensor = rotary[0].expand(n, -1, -1)  # (1 or n, length, head dim) → n
+                sin_all: torch.Tensor = rotary[1].expand(n, -1, -1)
+                keys = keys * cos_all.unsqueeze(1) + _rotate_half(keys) * sin_all.unsqueeze(1)
+                values = _plain(attn.v_proj)(normed).view(n, length, -1, head).transpose(1, 2)
+                positions = torch.arange(length)[None, :]
+                allowed = positions <= cache.last[:, None]
+                if attn.sliding_window is not None:
+                    allowed &= positions > cache.last[:, None] - attn.sliding_window
+                cache.fixed = LastLayerInputs(
+                    normed, keys, values, cos_all[rows, cache.last], sin_all[rows, cache.last], allowed
+                )
+        fixed = cache.fixed
+        x = fixed.normed[rows, cache.last]  # (n, d)
+        query = attn.q_norm(attn.q_proj(x).view(n, -1, 1, head))  # (n, heads, 1, head dim)
+        cos, sin = fixed.cos[:, None, None, :], fixed.sin[:, None, None, :]
+        query = query * cos + _rotate_half(query) * sin
+        values = fixed.values
+        if isinstance(attn.v_proj, _LoraLinear):
+            update = attn.v_proj.delta(fixed.normed)
+            if update.dim() == 3:
+                values = values + update.view(n, length, -1, head).transpose(1, 2)
+        groups = attn.num_key_value_groups
+        keys = fixed.keys.repeat_interleave(groups, dim=1)
+        values = values.repeat_interleave(groups, dim=1)
+        weights = (query @ keys.transpose(2, 3)) * attn.scaling  # (n, heads, 1, length)
+        if attn.attn_logit_softcapping is not None:
+            weights = torch.tanh(weights / attn.attn_logit_softcapping) * attn.attn_logit_softcapping
+        weights = weights.masked_fill(~fixed.allowed[:, None, None, :], float("-inf"))
+        weights = torch.softmax(weights.float(), dim=-1).to(query.dtype)
+        out = attn.o_proj((weights @ values).reshape(n, -1))
+        h = cache.hidden[rows, cache.last] + layer.post_attention_layernorm(out)
+        return h + layer.post_feedforward_layernorm(layer.mlp(layer.pre_feedforward_layernorm(h)))  # type: ignore[no-any-return]
 
     def train_cached(
         self,

@@ -25,8 +25,17 @@ from numpy.typing import NDArray
 
 from models.types import FloatArray, Progress
 from sync.client.identity import Identity
-from sync.errors import CoordinatorError, ProtocolError, RoundAbandoned, SyncError, SyncTimeout
+from sync.errors import (
+    ComeBackLater,
+    CoordinatorError,
+    ProtocolError,
+    RoundAbandoned,
+    StaleBase,
+    SyncError,
+    SyncTimeout,
+)
 from sync.protocol import secagg
+from sync.protocol.evaluation import EvalPlan, LocalEvaluation, encode
 from sync.protocol.masking import Quantization
 from sync.protocol.privacy import Contribution, PrivacyParams, prepare_contribution
 from sync.protocol.wire import (
@@ -39,6 +48,7 @@ from sync.protocol.wire import (
     b64d_map,
     b64e,
     b64e_map,
+    blend_message,
     peer_keys_from_json,
     request_message,
     setup_from_json,
@@ -128,6 +138,27 @@ class StageWatcher:
         self._known[round_id] = info
 
 
+@dataclass(frozen=True)
+class PublishedBlend:
+    """The rerank blend weight published (and signed) with a shared version: what federated evaluation picked."""
+
+    weight: float
+    measured_version: int
+    """The shared version the agents evaluated when the weight was picked."""
+    agents: int
+    """How many agents scored every candidate weight then (the noised count, rounded)."""
+    round_id: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """For ``agent sync --json`` and the profile's record."""
+        return {
+            "weight": self.weight,
+            "measured_version": self.measured_version,
+            "agents": self.agents,
+            "round_id": self.round_id,
+        }
+
+
 @dataclass
 class SharedVector:
     """A verified published shared vector."""
@@ -135,6 +166,8 @@ class SharedVector:
     version: int
     sha256: str
     vector: FloatArray
+    blend: PublishedBlend | None = None
+    """The blend weight signed with this version, when the federation evaluates (verified like the vector)."""
 
 
 @dataclass
@@ -151,6 +184,10 @@ class RoundResult:
     secagg_cpu_s: float
     traffic: Traffic
     released: bool
+    evaluation: dict[str, Any] | None = None
+    """The round's public quality entry (population means, the weight picked) when it evaluated."""
+    local_evaluation: LocalEvaluation | None = None
+    """Local only: what this agent measured on its held-out item (never sent; only its bounded encoding is)."""
 
 
 @dataclass
@@ -166,6 +203,11 @@ class AgentClient:
     traffic: Traffic = field(default_factory=Traffic)
     retry_seconds: float = 60.0
     max_retry_after: float = 30.0  # a 429's Retry-After is honoured up to this many seconds a wait
+    # a check-in's "come back" further away than this: ComeBackLater (set: the round's timeout counts from admission;
+    # inf: the waits come out of take_part's timeout)
+    max_checkin_wait: float = math.inf
+    base_version: int | None = None  # the version the delta is based on: the last one fetched (else the newest)
+    come_back: tuple[float, float] | None = None  # the last window the check-in gave (agent clock), or None
     _nonce: int = 0
 
     def _next_nonce(self) -> int:
@@ -186,6 +228,7 @@ class AgentClient:
         else:
             body, content_type = b"", None
         give_up = time.monotonic() + self.retry_seconds
+        retried = False  # a write sent again may have been accepted the first time: its 409 already_submitted is OK
         while True:
             headers = {"content-type": content_type} if content_type else {}
             request = self.http.build_request(method, path, content=body or None, headers=headers)
@@ -201,11 +244,13 @@ class AgentClient:
             except httpx.TransportError as error:
                 if time.monotonic() > give_up:
                     raise SyncError(f"coordinator unreachable: {error}") from error
+                retried = True
                 await asyncio.sleep(0.5)
                 continue
             self.traffic.sent += _request_bytes(request)
             self.traffic.received += _response_bytes(response)
             if response.status_code >= 500 and time.monotonic() < give_up:
+                retried = True
                 await asyncio.sleep(0.5)
                 continue
             if response.status_code == 429:
@@ -218,6 +263,8 @@ class AgentClient:
                     doc = response.json()
                 except ValueError:
                     doc = {}
+                if retried and method == "POST" and doc.get("error") == "already_submitted":
+                    return response  # the earlier attempt landed (its answer was lost): the same outcome
                 raise CoordinatorError(response.status_code, doc.get("error", "http_error"), doc.get("detail", ""))
             return response
 
@@ -247,14 +294,44 @@ class AgentClient:
             )
         except InvalidSignature as error:
             raise ProtocolError(f"shared vector {meta['version']} is not signed by the coordinator") from error
-        return SharedVector(int(meta["version"]), digest, np.frombuffer(blob, dtype="<f4").astype(np.float32))
+        self.base_version = int(meta["version"])  # what a delta computed from it is based on (the check-in says)
+        blend = self._verified_blend(meta.get("blend"), int(meta["version"]), digest)
+        return SharedVector(int(meta["version"]), digest, np.frombuffer(blob, dtype="<f4").astype(np.float32), blend)
+
+    def _verified_blend(self, doc: Any, version: int, digest: str) -> PublishedBlend | None:
+        """The blend weight published with ``version``, its signature checked; ProtocolError if it does not verify."""
+        if doc is None:
+            return None
+        assert self.coordinator_key is not None
+        try:
+            blend = PublishedBlend(
+                float(doc["weight"]), int(doc["measured_version"]), int(doc["agents"]), int(doc["round_id"])
+            )
+            signature = b64d(doc["signature"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ProtocolError(f"the blend weight published with version {version} is malformed: {error}") from error
+        message = blend_message(version, digest, blend.weight, blend.measured_version, blend.agents)
+        try:
+            Ed25519PublicKey.from_public_bytes(self.coordinator_key).verify(signature, message)
+        except InvalidSignature as error:
+            raise ProtocolError(f"the blend weight of version {version} is not signed by the coordinator") from error
+        if not (math.isfinite(blend.weight) and blend.weight >= 0):
+            raise ProtocolError(f"the blend weight of version {version} is not a weight: {blend.weight}")
+        return blend
 
     async def _join(
         self, session_for: Callable[[int], secagg.AgentSession], deadline: float
     ) -> tuple[secagg.AgentSession, dict[str, Any]]:
         watcher = self.watcher or StageWatcher(self.http, self.traffic)
         while True:
-            info = (await self.request("GET", f"{API}/round", signed=False)).json()
+            answer = await self.checkin()
+            if "update" in answer:
+                update = answer["update"]
+                raise StaleBase(str(update.get("detail", "")), int(update["latest_version"]))
+            if "retry_after" in answer:
+                await self._come_back(answer, watcher, deadline)
+                continue
+            info = answer["admit"]
             round_id = int(info["round_id"])
             if info["stage"] == "advertise":
                 session = session_for(round_id)
@@ -269,7 +346,37 @@ class AgentClient:
                 except CoordinatorError as error:
                     if error.reason not in ("cohort_full", "late_submission", "wrong_round", "wrong_stage"):
                         raise
-            await watcher.wait(round_id, "done", deadline)
+
+    async def checkin(self, base_version: int | None = None) -> dict[str, Any]:
+        """``POST /v1/checkin`` with the version the delta is based on (``base_version``, else the last one fetched,
+        else the newest): the coordinator's answer, ``{"now", "admit" | "retry_after" | "update"}``."""
+        base = base_version if base_version is not None else self.base_version
+        if base is None:
+            base = int((await self.request("GET", f"{API}/shared", signed=False)).json()["version"])
+        response = await self.request("POST", f"{API}/checkin", json_body={"base_version": base})
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    async def _come_back(self, answer: dict[str, Any], watcher: StageWatcher, deadline: float) -> None:
+        """Wait as a check-in's ``retry_after`` says: until its window opens (or, sooner, until the round running now
+        ends, when the next one may open before the estimate); ComeBackLater if that is further than this agent
+        waits (``max_checkin_wait``, or its deadline)."""
+        retry = answer["retry_after"]
+        now = float(answer["now"])  # the windows are on the coordinator's clock: only differences are used here
+        wait, until = float(retry["not_before"]) - now, float(retry["not_after"]) - now
+        self.come_back = (time.time() + wait, time.time() + until)
+        if wait > self.max_checkin_wait or time.monotonic() + max(wait, 0.0) >= deadline:
+            if wait > 0:
+                raise ComeBackLater(*self.come_back, int(retry["round_id"]))
+            raise SyncTimeout("no round admitted this agent in time")
+        after = retry.get("after_round")
+        if after is None:
+            await asyncio.sleep(max(0.0, wait))
+            return
+        try:
+            await watcher.wait(int(after), "done", min(deadline, time.monotonic() + max(wait, 1.0)))
+        except SyncTimeout:
+            return
 
     async def take_part(
         self,
@@ -280,8 +387,14 @@ class AgentClient:
         progress: Progress | None = None,
         drop_after_shares: bool = False,
         factor: float = 1.0,
+        evaluate: Callable[[EvalPlan, int], LocalEvaluation] | None = None,
     ) -> RoundResult:
         """Join the next round with this shared delta and weight; return when it is unmasked or abandoned.
+
+        A round that evaluates (its public facts carry an ``evaluation`` plan) calls ``evaluate(plan,
+        base_version)`` once joined, in a worker thread while the key shares go round: what this agent measured on its
+        held-out item, added as the bounded eval part (``sync.protocol.evaluation``); without ``evaluate`` the agent
+        adds zeros (it counts for nothing).
 
         ``factor`` ∈ [0, 1] scales the weight inside the masked vector (personality-aware aggregation,
         ``sync.protocol.privacy.personality_factor``). ``drop_after_shares`` simulates a device that vanishes after the
@@ -300,15 +413,27 @@ class AgentClient:
             finally:
                 cpu += time.thread_time() - start
 
+        # the check-in's "come back" waits count against max_checkin_wait when it is set; the round then has timeout
+        joining = deadline if math.isinf(self.max_checkin_wait) else time.monotonic() + self.max_checkin_wait
         session, info = await self._join(
-            lambda r: timed(lambda: secagg.AgentSession(self.identity.agent_id, self.identity.key, r)), deadline
+            lambda r: timed(lambda: secagg.AgentSession(self.identity.agent_id, self.identity.key, r)), joining
         )
+        if not math.isinf(self.max_checkin_wait):
+            deadline = time.monotonic() + timeout
         round_id = session.round_id
         privacy = PrivacyParams(**info["privacy"])
         if privacy.sigma < self.min_sigma or privacy.clip > self.max_clip:
             raise ProtocolError(f"round {round_id} offers σ={privacy.sigma}, C={privacy.clip}: weaker than allowed")
         report("advertised", {"round_id": round_id})
         result = RoundResult(round_id, "failed", 0, privacy, None, None, None, 0.0, self.traffic, False)
+        plan = EvalPlan.from_json(info["evaluation"]) if info.get("evaluation") and privacy.eval_part else None
+        if plan is not None and privacy.eval_part is not None and privacy.eval_part.size != plan.size:
+            raise ProtocolError(f"round {round_id}'s eval part does not match its evaluation plan")
+        measuring = (
+            asyncio.ensure_future(asyncio.to_thread(evaluate, plan, int(info["base_version"])))
+            if plan is not None and evaluate is not None
+            else None
+        )
         try:
             await self._stage(watcher, round_id, "share_keys", deadline)
             doc = (await self.request("GET", f"{API}/rounds/{round_id}/setup")).json()
@@ -327,8 +452,16 @@ class AgentClient:
                 return result
             await self._stage(watcher, round_id, "masked_input", deadline)
             doc = (await self.request("GET", f"{API}/rounds/{round_id}/inbox")).json()
+            if measuring is not None:
+                result.local_evaluation = await measuring
+            measured = result.local_evaluation
             contribution = prepare_contribution(
-                delta, n_examples, privacy, noise_divisor=setup.min_survivors, factor=factor
+                delta,
+                n_examples,
+                privacy,
+                noise_divisor=setup.min_survivors,
+                factor=factor,
+                evaluation=None if plan is None or measured is None else encode(measured, plan),
             )
             result.contribution = contribution
             inbox = b64d_map(doc["shares"])
@@ -350,10 +483,13 @@ class AgentClient:
                 raise RoundAbandoned(f"round {round_id} abandoned: {final.get('outcome', {}).get('abandoned', '')}")
             result.status, result.released = "done", True
             result.published_version = final.get("outcome", {}).get("published_version")
+            result.evaluation = final.get("outcome", {}).get("evaluation")
             report("done", {"round_id": round_id, "version": result.published_version})
             return result
         finally:
             result.secagg_cpu_s = cpu
+            if measuring is not None and not measuring.done():
+                measuring.cancel()  # the thread finishes on its own; nobody waits for it
 
     async def _stage(self, watcher: StageWatcher, round_id: int, stage: str, deadline: float) -> None:
         info = await watcher.wait(round_id, stage, deadline)

@@ -4,7 +4,13 @@ Every refusal is a 4xx JSON body ``{"error": REASON, "detail": TEXT}`` where REA
 ``malformed_json``, ``unsupported_content_type``, ``body_too_large``, ``invalid_body``, ``wrong_vector_length``,
 ``wrong_round``, ``wrong_stage``, ``late_submission``, ``round_abandoned``, ``unknown_agent``, ``missing_signature``,
 ``bad_signature``, ``invalid_nonce``, ``replayed_nonce``, ``not_in_cohort``, ``already_submitted``, ``cohort_full``,
-``not_found``, ``method_not_allowed``, ... A refused request changes nothing but the agent's nonce.
+``not_found``, ``method_not_allowed``, ... A refused request changes nothing but the agent's nonce (a signed GET
+does not even consume its nonce: reads write nothing).
+
+``POST /v1/checkin`` (:meth:`sync.coordinator.rounds.Rounds.checkin`) is where an agent ready to take part asks to:
+it is admitted to the round in advertise, told a window to come back in (pace steering,
+:mod:`sync.coordinator.pacing`), or told to fetch the newest version first. Rounds open on the coordinator's schedule
+(``round_interval_s``), never because an agent asked.
 
 Who may join (:mod:`sync.coordinator.access`): registering a new agent takes a one-time enrollment token (401
 ``enrollment_required``, 403 ``invalid_enrollment`` / ``enrollment_used``) unless the policy is open; signed
@@ -249,8 +255,10 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2, access: Ac
 
     async def shared(_request: Request) -> Response:
         latest = await call(coordinator.latest)
+        blend = await call(coordinator.publisher.signed_blend, latest.version)
         return JSONResponse(
             {
+                **({"blend": blend} if blend is not None else {}),
                 "version": latest.version,
                 "sha256": latest.sha256,
                 "signature": b64e(latest.signature),
@@ -267,6 +275,16 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2, access: Ac
 
     async def current(_request: Request) -> Response:
         return JSONResponse(await call(coordinator.current_round))
+
+    async def checkin(request: Request) -> Response:
+        def act(agent: str, body: bytes) -> dict[str, Any]:
+            doc = _json(body)
+            base = _field(doc, "base_version", int)
+            if not 0 <= base <= INT64_MAX:
+                raise Rejection(400, "invalid_body", f"field 'base_version' must be from 0 to {INT64_MAX}")
+            return coordinator.checkin(agent, base)
+
+        return JSONResponse(await authed(request, JSON_TYPE, act))
 
     async def round_info(request: Request) -> Response:
         round_id = _round_id(request)
@@ -401,6 +419,7 @@ def build_app(coordinator: Coordinator, *, tick_seconds: float = 0.2, access: Ac
         Route(f"{API}/shared", guarded(shared)),
         Route(f"{API}/shared/{{version:int}}", guarded(shared_blob)),
         Route(f"{API}/round", guarded(current)),
+        Route(f"{API}/checkin", guarded(checkin), methods=["POST"]),
         Route(f"{API}/rounds/{{round_id:int}}", guarded(round_info)),
         Route(f"{API}/rounds/{{round_id:int}}/advertise", guarded(advertise), methods=["POST"]),
         Route(f"{API}/rounds/{{round_id:int}}/setup", guarded(setup)),

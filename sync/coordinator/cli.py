@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
         "serve",
-        help="run the coordinator service (ASGI under uvicorn, state in SQLite)",
+        help="run the coordinator service (ASGI under uvicorn; state in SQLite, or in PostgreSQL shared by any "
+        "number of replicas, one of which leads)",
         description="Run the coordinator. Each option can also be set by the environment variable shown "
         f"({ENV_PREFIX}<NAME>); a flag wins over the variable, the variable over the default. "
         "Endpoints: /healthz, /status, /openapi.json and the /v1 agent API.",

@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from sync.errors import ProtocolError
 from sync.protocol import rules
+from sync.protocol.evaluation import EVAL_CLIP, EVAL_MIN_AGENTS, EvalPlan, parse_weights
 from sync.protocol.privacy import PrivacyParams
 
 ENV_PREFIX = "PERSONA_COORDINATOR_"
@@ -39,6 +41,19 @@ class CoordinatorConfig:
     """Deadline of the masked-input stage (seconds)."""
     unmask_s: float = 30.0
     """Deadline of the unmask stage (seconds)."""
+    round_interval_s: float = 300.0
+    """Rounds open on this schedule, when agents are waiting: a slot this many seconds after the previous round
+    opened (or when it ended, if later), the next slot an interval later if nobody came; the first round opens at the
+    first check-in. 0: back to back, as soon as an agent checks in (development coordinators, benches)."""
+    max_base_lag: int = 2
+    """An agent whose delta is based on a version at most this many versions behind the newest may check in."""
+    checkpoint_s: float = 30.0
+    """Each coordinator process writes its partial sum of masked inputs this often while it holds new ones (0: only
+    when the stage closes): a process that dies loses at most this many seconds of inputs, as dropouts. Each write is
+    one vector-sized row, so in a 60 s stage a process writes at most three (two of them periodic)."""
+    checkpoint_grace_s: float = 5.0
+    """When the masked-input stage closes, how long the leader waits for every process holding inputs to write its
+    partial sum; one that has not by then (it died) leaves its inputs since its last checkpoint as dropouts."""
     clip: float = PrivacyParams.clip
     """C: L2 bound of each agent's shared delta (of its θ_g part when the federation also carries φ_g)."""
     phi_size: int = 0
@@ -54,6 +69,16 @@ class CoordinatorConfig:
     """FedAdam learning rate applied by the coordinator to the unmasked mean delta."""
     max_body_bytes: int = 0
     """Largest request body accepted (0: 4 bytes per vector element + 1 MiB)."""
+    eval_weights: str = ""
+    """Federated evaluation: the candidate rerank blend weights every round asks its agents to score on a held-out
+    item, comma-separated (e.g. "0,0.25,0.5,1"; ``sync.protocol.evaluation``); "": rounds evaluate nothing."""
+    eval_clip: float = EVAL_CLIP
+    """C_e: the L2 bound of one agent's eval part (it joins the joint bound the noise is calibrated to)."""
+    eval_min_agents: int = EVAL_MIN_AGENTS
+    """The fewest agents that scored every blend weight for the coordinator to publish a new weight."""
+    eval_rerank_k: int = 20
+    """How many of the first stage's best candidates an evaluating agent rescores with the language model (the
+    product's ``[rerank] k``; each costs the agent one language-model scoring)."""
 
     @property
     def max_cohort(self) -> int:
@@ -64,6 +89,18 @@ class CoordinatorConfig:
     def privacy(self) -> PrivacyParams:
         """The clipping and noise settings published with every round."""
         return PrivacyParams(clip=self.clip, sigma=self.sigma, weight_cap=self.weight_cap)
+
+    @property
+    def eval_plan(self) -> EvalPlan | None:
+        """What every round asks its agents to evaluate, or None when :attr:`eval_weights` is empty.
+        ValueError (via ProtocolError's message) for an unusable list."""
+        try:
+            weights = parse_weights(self.eval_weights)
+            if not weights:
+                return None
+            return EvalPlan(weights, clip=self.eval_clip, rerank_k=self.eval_rerank_k, min_agents=self.eval_min_agents)
+        except (ProtocolError, ValueError) as error:
+            raise ValueError(f"eval_weights={self.eval_weights!r}: {error}") from error
 
     def body_limit(self, vector_size: int) -> int:
         """The effective request body limit."""

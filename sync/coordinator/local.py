@@ -84,8 +84,8 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from sync.coordinator.cli import main; main(sys.argv[1:])", *args]
 
 
-DEV_ARGS = ("--open-enrollment", "--agent-rate", "0", "--register-rate", "0")
-"""What makes ``serve`` a loopback development coordinator: open enrollment, no rate limits."""
+DEV_ARGS = ("--open-enrollment", "--agent-rate", "0", "--register-rate", "0", "--round-interval-s", "0")
+"""What makes ``serve`` a loopback development coordinator: open enrollment, no rate limits, rounds back to back."""
 
 
 def coordinator_command(db: str | Path, port: int, args: Sequence[str] = (), *, dev: bool = True) -> list[str]:

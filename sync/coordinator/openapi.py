@@ -146,7 +146,18 @@ OPENAPI: dict[str, Any] = {
         f"{API}/shared/{{version}}": {
             "get": _op("A published shared vector, float32 little-endian", params=(_VERSION,), returns=BINARY_TYPE)
         },
-        f"{API}/round": {"get": _op("The open round (opens one when none is open)")},
+        f"{API}/round": {
+            "get": _op("The open round, else the newest with next_open_at (rounds open on a schedule); 404 no_round")
+        },
+        f"{API}/checkin": {
+            "post": _op(
+                "Ready to take part: {admit: round and stage deadlines}, {retry_after: {not_before, not_after}} "
+                "(come back then; pace steering) or {update: {latest_version}} (base version too far behind)",
+                signed=True,
+                body=JSON_TYPE,
+                schema="Checkin",
+            )
+        },
         _R: {
             "get": _op("A round's public state; ?wait=STAGE&timeout=S long-polls", params=(_ROUND_ID, _WAIT, _TIMEOUT))
         },
@@ -192,6 +203,18 @@ OPENAPI: dict[str, Any] = {
                     "c_pk": {**_BASE64, "description": "X25519 key for share encryption (32 bytes)"},
                     "s_pk": {**_BASE64, "description": "X25519 key for pairwise masks (32 bytes)"},
                     "signature": {**_BASE64, "description": "Ed25519 signature of the two keys by the identity key"},
+                },
+            },
+            "Checkin": {
+                "type": "object",
+                "required": ["base_version"],
+                "properties": {
+                    "base_version": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": INT64_MAX,
+                        "description": "the published version the agent's delta is based on (at most 2 behind)",
+                    }
                 },
             },
             "Shares": {"type": "object", "required": ["shares"], "properties": {"shares": _SHARES}},

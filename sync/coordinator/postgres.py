@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
@@ -24,7 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,11 @@ CREATE TABLE IF NOT EXISTS reveals (
     PRIMARY KEY (round_id, holder, owner)) PARTITION BY LIST (round_id);
 CREATE TABLE IF NOT EXISTS sums (round_id BIGINT PRIMARY KEY, total BYTEA NOT NULL);
 ALTER TABLE sums ALTER COLUMN total SET STORAGE EXTERNAL;
+ALTER TABLE members ADD COLUMN IF NOT EXISTS shard TEXT;
+CREATE TABLE IF NOT EXISTS partials (
+    round_id BIGINT NOT NULL, shard TEXT NOT NULL, total BYTEA NOT NULL, agents TEXT NOT NULL,
+    n_agents INTEGER NOT NULL, written DOUBLE PRECISION NOT NULL, PRIMARY KEY (round_id, shard));
+ALTER TABLE partials ALTER COLUMN total SET STORAGE EXTERNAL;
 CREATE TABLE IF NOT EXISTS published (
     version BIGINT PRIMARY KEY, sha256 TEXT NOT NULL, signature BYTEA NOT NULL, vector BYTEA NOT NULL,
     round_id BIGINT, created DOUBLE PRECISION NOT NULL);
@@ -77,6 +83,8 @@ Statement = str | sql.SQL | sql.Composed
 """One SQL statement: literal text, or composed with :mod:`psycopg.sql` (identifiers of partitions, columns)."""
 WRITER_LOCK = 0x70657273_6F6E6131  # "persona1": the advisory lock every writing transaction holds
 SERVING_LOCK = 0x70657273_6F6E6132  # "persona2": held for its whole life by the one process serving the database
+LEADER_LOCK = 0x70657273_6F6E6133  # "persona3": held by the replica that leads (moves stages, unmasks, publishes)
+KEEPALIVE = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
 ROUND_FIELDS = ("round_id", "stage", "deadline", "seed", "base_version", "setup", "u2", "u3", "outcome", "created")
 PARTITIONED = ("shares", "reveals")
 CONNECT_TIMEOUT_S = 10
@@ -112,6 +120,9 @@ class PostgresStore:
             raise ConnectionError(f"cannot use the PostgreSQL database {redacted(url)}: {message}") from error
         self._local = threading.local()
         self._serving: psycopg.Connection[Any] | None = None
+        self._leading: psycopg.Connection[Any] | None = None
+        self._listening = threading.Event()
+        self._closed = threading.Event()
         with self.transaction(), self._conn() as conn:
             conn.execute(SCHEMA)
 
@@ -155,11 +166,76 @@ class PostgresStore:
             return conn.execute(query, args).fetchall()
 
     def close(self) -> None:
-        """Close the pool's connections (and give up serving)."""
-        if self._serving is not None:
-            self._serving.close()
-            self._serving = None
+        """Close the pool's connections (and give up serving, leading and listening)."""
+        self._closed.set()
+        for held in (self._serving, self._leading):
+            if held is not None:
+                with contextlib.suppress(psycopg.Error):
+                    held.close()
+        self._serving = self._leading = None
         self.pool.close()
+
+    # -- replicas: one leader (an advisory lock), wake-ups by LISTEN/NOTIFY ---------------------------------------
+
+    def try_lead(self) -> bool:
+        """Whether this process leads: it holds the leader's session advisory lock on a connection of its own (checked
+        alive here), or takes it now if no one holds it. A leader whose process or machine dies loses it when the
+        server sees the connection gone (at once for a killed process, within ~30 s for a vanished machine)."""
+        if self._closed.is_set():
+            return False
+        if self._leading is not None:
+            try:
+                self._leading.execute("SELECT 1")
+                return True
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    self._leading.close()
+                self._leading = None
+                return False  # the lock went with the connection; try again at the next call
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error:
+            return False
+        try:
+            conn.execute(KEEPALIVE)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
+        except psycopg.Error:
+            conn.close()
+            return False
+        if row is None or not row[0]:
+            conn.close()
+            return False
+        self._leading = conn
+        return True
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Wake the replicas listening on ``channel`` (delivered when the current transaction commits)."""
+        self._execute("SELECT pg_notify(%s, %s)", (channel, payload))
+
+    def listen(self, channels: Sequence[str], callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, payload)`` from a daemon thread for every notification on ``channels`` until
+        :meth:`close`; a lost connection is reopened (and ``callback(channel, "")`` called once per channel then,
+        since notifications sent meanwhile are lost)."""
+        if self._listening.is_set():
+            raise RuntimeError("this store already listens")
+        self._listening.set()
+
+        def run() -> None:
+            while not self._closed.is_set():
+                try:
+                    with psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+                        conn.execute(KEEPALIVE)
+                        for channel in channels:
+                            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                        for channel in channels:
+                            callback(channel, "")
+                        while not self._closed.is_set():
+                            for note in conn.notifies(timeout=1.0):
+                                callback(note.channel, note.payload)
+                except psycopg.Error:
+                    self._closed.wait(1.0)
+
+        threading.Thread(target=run, name="persona-listen", daemon=True).start()
 
     def claim_serving(self) -> bool:
         """Make this process the one coordinator serving the database, until :meth:`close` or its end (a session
@@ -168,7 +244,7 @@ class PostgresStore:
             return True
         conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         # if this machine vanishes without closing the connection, the server notices within ~30 s (not hours)
-        conn.execute("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+        conn.execute(KEEPALIVE)
         row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SERVING_LOCK,)).fetchone()
         if row is None or not row[0]:
             conn.close()
@@ -419,13 +495,40 @@ class PostgresStore:
         """Forget a round's sum."""
         self._execute("DELETE FROM sums WHERE round_id = %s", (round_id,))
 
-    def add_input(self, round_id: int, agent_id: str, total: bytes) -> None:
-        """Store the new running sum and mark the member's input as received (atomically)."""
-        with self.transaction():
-            self.put_sum(round_id, total)
-            self._execute(
-                "UPDATE members SET sent_input = 1 WHERE round_id = %s AND agent_id = %s", (round_id, agent_id)
-            )
+    def add_input(self, round_id: int, agent_id: str, shard: str) -> None:
+        """Mark the member's input as received by ``shard`` (which holds it in its partial sum)."""
+        self._execute(
+            "UPDATE members SET sent_input = 1, shard = %s WHERE round_id = %s AND agent_id = %s",
+            (shard, round_id, agent_id),
+        )
+
+    def input_shards(self, round_id: int) -> dict[str, int]:
+        """How many inputs of the round each shard received (by the members' marks)."""
+        found = self._all(
+            "SELECT shard, COUNT(*) FROM members WHERE round_id = %s AND sent_input = 1 GROUP BY shard", round_id
+        )
+        return {str(shard): int(n) for shard, n in found}
+
+    def put_partial(self, round_id: int, shard: str, total: bytes, agents: Sequence[str], written: float) -> None:
+        """Store (or replace) a shard's checkpoint: its partial sum (uint32 little-endian) and the agents in it."""
+        self._execute(
+            "INSERT INTO partials (round_id, shard, total, agents, n_agents, written) VALUES (%s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (round_id, shard) DO UPDATE SET total = EXCLUDED.total, agents = EXCLUDED.agents,"
+            " n_agents = EXCLUDED.n_agents, written = EXCLUDED.written",
+            (round_id, shard, total, json.dumps(list(agents)), len(agents), written),
+        )
+
+    def partials(self, round_id: int) -> list[tuple[str, bytes, list[str]]]:
+        """(shard, partial sum, agents in it) of every checkpoint of the round, by shard."""
+        found = self._all(
+            'SELECT shard, total, agents FROM partials WHERE round_id = %s ORDER BY shard COLLATE "C"', round_id
+        )
+        return [(str(shard), bytes(total), list(json.loads(agents))) for shard, total, agents in found]
+
+    def partial_counts(self, round_id: int) -> dict[str, int]:
+        """How many agents each shard's checkpoint of the round holds (without reading the sums)."""
+        found = self._all("SELECT shard, n_agents FROM partials WHERE round_id = %s", round_id)
+        return {str(shard): int(n) for shard, n in found}
 
     def add_reveals(self, round_id: int, holder: str, b_shares: dict[str, bytes], s_shares: dict[str, bytes]) -> None:
         """Store a survivor's revealed shares and mark it as having answered (atomically)."""
@@ -447,10 +550,11 @@ class PostgresStore:
         return [(str(h), str(o), str(k), bytes(s)) for h, o, k, s in found]
 
     def forget_shares(self, round_id: int) -> None:
-        """Delete a round's encrypted and revealed shares: drop its partitions."""
+        """Delete a round's encrypted and revealed shares (drop its partitions) and its shards' partial sums."""
         with self.transaction(), self._conn() as conn:
             for table in PARTITIONED:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(table, round_id)))
+            conn.execute("DELETE FROM partials WHERE round_id = %s", (round_id,))
 
     # -- enrollment (issue 14.4; the same three methods as the SQLite store's) ------------------------------------
 

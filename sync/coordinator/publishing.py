@@ -9,6 +9,12 @@ coordinator's **layout** (part names and sizes, fixed when version 0 is publishe
 applying, versioning and signing have one code path whatever the number of parts. The server step differs per
 part: FedAdam on θ_g (as the first stage's federation trains it), a plain FedAvg step on φ_g (as the adapter
 trainer does; Adam's per-element normalisation would turn a noise-only mean into full-size steps).
+
+Federated evaluation (``sync.protocol.evaluation``): each evaluated round appends one entry to the **quality
+history** (the population means of the round's base version, per blend weight) and picks the rerank blend weight;
+every version published afterwards carries the weight in force with its own signature over ``persona-blend|VERSION|
+SHA256|WEIGHT|MEASURED_VERSION|AGENTS`` (``sync.protocol.wire.blend_message``). Both live in the state's meta, written
+in the transaction that publishes the version.
 """
 
 from __future__ import annotations
@@ -26,13 +32,18 @@ from models.federation import FedAdam
 from sync.coordinator.rejection import Rejection
 from sync.coordinator.storage import CoordinatorStore, Published
 from sync.protocol import secagg
+from sync.protocol.evaluation import EvalPlan, PopulationEval
 from sync.protocol.privacy import PHI, THETA
 from sync.protocol.rules import SYNC_PHI_SERVER_LR
-from sync.protocol.wire import shared_message
+from sync.protocol.wire import b64e, blend_message, shared_message
 
 FloatVector = np.ndarray[Any, np.dtype[np.float32]]
 InitialVector = FloatVector | Callable[[], FloatVector]
 """Version 0: a vector, or a function making one (called only when nothing is published yet)."""
+HISTORY_KEY = "eval_history"
+BLEND_KEY = "blend"
+HISTORY_KEPT = 1000
+"""Entries of the quality history kept (the oldest go first)."""
 
 
 class Publisher:
@@ -140,3 +151,63 @@ class Publisher:
             for moment, value in (("m", server.m), ("v", server.v)):
                 self.state.put_meta(f"fedadam_{moment}", value.astype("<f8").tobytes())
         return new
+
+    # -- federated evaluation ------------------------------------------------------------------------------------
+
+    def quality_history(self) -> list[dict[str, Any]]:
+        """Every evaluated round's entry, oldest first (what ``/status`` shows the end of)."""
+        raw = self.state.meta(HISTORY_KEY)
+        return list(json.loads(bytes(raw).decode())) if raw is not None else []
+
+    def blend_in_force(self) -> dict[str, Any] | None:
+        """The blend weight the federation picked last (``weight``, ``measured_version``, ``agents``, ``round_id``),
+        or None before any evaluated round reached :attr:`EvalPlan.min_agents`."""
+        raw = self.state.meta(BLEND_KEY)
+        return dict(json.loads(bytes(raw).decode())) if raw is not None else None
+
+    def signed_blend(self, version: int) -> dict[str, Any] | None:
+        """The blend weight published with ``version`` and its signature (``/v1/shared``), or None."""
+        raw = self.state.meta(f"{BLEND_KEY}:{version}")
+        return dict(json.loads(bytes(raw).decode())) if raw is not None else None
+
+    def record_evaluation(
+        self,
+        round_id: int,
+        base_version: int,
+        evaluation: PopulationEval,
+        plan: EvalPlan,
+        published: Published | None,
+    ) -> dict[str, Any]:
+        """Append the round's entry to the quality history, pick the blend weight (the best mean NDCG@k of the
+        paired block when it holds at least ``plan.min_agents`` agents, else the previous pick is kept) and sign the
+        weight in force with ``published``, the version this round produced (nothing is signed without one).
+        Returns the entry."""
+        best = evaluation.best(plan.min_agents)
+        blend = self.blend_in_force()
+        if best is not None:
+            blend = {
+                "weight": best.weight,
+                "measured_version": base_version,
+                "agents": round(evaluation.blend_agents),
+                "round_id": round_id,
+            }
+            self.state.put_meta(BLEND_KEY, json.dumps(blend).encode())
+        entry: dict[str, Any] = {
+            "round_id": round_id,
+            "base_version": base_version,
+            "published_version": None if published is None else published.version,
+            "time": self.clock(),
+            "k": plan.k,
+            **evaluation.as_json(),
+            "chosen_weight": None if blend is None else blend["weight"],
+            "chosen": "this round" if best is not None else ("kept" if blend is not None else "none yet"),
+        }
+        history = [*self.quality_history(), entry][-HISTORY_KEPT:]
+        self.state.put_meta(HISTORY_KEY, json.dumps(history).encode())
+        if published is not None and blend is not None:
+            message = blend_message(
+                published.version, published.sha256, blend["weight"], blend["measured_version"], blend["agents"]
+            )
+            signed = {**blend, "signature": b64e(self.signing_key.sign(message))}
+            self.state.put_meta(f"{BLEND_KEY}:{published.version}", json.dumps(signed).encode())
+        return entry

@@ -4,12 +4,20 @@ reason.
 
 :class:`Coordinator` wires three parts: the state (:mod:`.storage`: SQLite or PostgreSQL), the published versions
 (:mod:`.publishing`) and the round state machine (:mod:`.rounds`); it authenticates agents itself. Each call (one
-HTTP request) runs in one transaction of the store: what a request accepts — including the running sum of masked
-inputs — commits with it, a request refused with a :class:`Rejection` keeps what it did before the refusal (a stage
-closed by its tick), and any other error rolls the whole request back. So a coordinator killed at any moment
-restarts where it was: an open round resumes with its stored deadlines (a stage whose deadline passed meanwhile
-closes at the first tick) and the published shared vectors — content-addressed, signed — are never rewritten. Memory
-holds one running sum, O(vector length).
+HTTP request) runs in one transaction of the store: what a request accepts commits with it, a request refused with a
+:class:`Rejection` keeps what it did before the refusal (a stage closed by its tick), and any other error rolls the
+whole request back (and this process's partial sum with it). So a coordinator killed at any moment restarts where it
+was: an open round resumes with its stored deadlines (a stage whose deadline passed meanwhile closes at the first
+tick), the published shared vectors — content-addressed, signed — are never rewritten, and only the masked inputs
+this process held since its last checkpoint are lost: their agents become dropouts, which secure aggregation
+recovers (:mod:`sync.coordinator.shards`). Memory holds one partial sum, O(vector length).
+
+Replicas (PostgreSQL only; a SQLite file is served by one process, which leads): any number of processes serve one
+database and all answer agents. The one holding a PostgreSQL advisory lock leads — it alone opens rounds, closes
+stages, unmasks, applies the server optimizer and signs; the others try to take the lock about once a second
+(:meth:`Coordinator.is_leader`), so when the leader dies another takes over within a few seconds and carries on the
+open round from the database. Every replica LISTENs: stage changes wake its long polls at once, and a replica that
+takes the last answer of a stage NOTIFYs the leader.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.publishing import InitialVector, Publisher
 from sync.coordinator.rejection import Rejection
-from sync.coordinator.rounds import Rounds
-from sync.coordinator.storage import CoordinatorStore, Published, open_store
+from sync.coordinator.rounds import LEADER_CHANNEL, ROUND_CHANNEL, Rounds, StageMoved
+from sync.coordinator.shards import Shard
+from sync.coordinator.storage import CoordinatorStore, Published, open_store, parse_db
 from sync.protocol import secagg
 from sync.protocol.wire import request_message
 
@@ -44,6 +53,10 @@ def check_self_signed(public_key: bytes, agent_id: str, signature: bytes, messag
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except InvalidSignature as error:
         raise Rejection(401, "bad_signature", "registration must be signed by the key registered") from error
+
+
+LEAD_RETRY_S = 1.0
+"""How often a replica that does not lead tries to take the leader's lock (and the leader checks it still holds it)."""
 
 
 class Coordinator:
@@ -63,26 +76,65 @@ class Coordinator:
         self.clock = clock
         self.lock = threading.RLock()
         self.on_change: Callable[[], None] = lambda: None
+        self.replicated = parse_db(config.db).kind == "postgresql"
+        """Whether other processes may serve the same state (PostgreSQL): then only the leader moves rounds."""
+        self.shard = Shard()
+        self._leader = not self.replicated
+        self._lead_checked = -LEAD_RETRY_S
+        self._lead_lock = threading.Lock()
         self.state: CoordinatorStore = open_store(config.db)
-        if not self.state.claim_serving():
+        if not self.replicated and not self.state.claim_serving():
             where = self.state.describe()
             self.state.close()
-            # the round logic keeps the running sum in memory between inputs: two processes would each miss the
-            # other's inputs, so one process per database until replicas with one leader exist (issue 14, item 2)
-            raise ValueError(
-                f"another agent-coordinator already serves {where}: one process per database (one whose machine "
-                "died is let go by PostgreSQL within about 30 s)"
-            )
+            # a SQLite file has no leader election: one process serves it (replicas need PostgreSQL)
+            raise ValueError(f"another agent-coordinator already serves {where}: one process per SQLite file")
         with self.state.transaction():  # the signing key and version 0 are written together, or neither
             self.publisher = Publisher(self.state, clock)
             self.vector_size = self.publisher.ensure_initial(initial, config.vector_size, phi_size=config.phi_size)
         self.rounds = self._new_rounds()
+        if self.replicated:
+            self.state.listen([ROUND_CHANNEL, LEADER_CHANNEL], self._notified)
 
     def _new_rounds(self) -> Rounds:
-        return Rounds(self.config, self.state, self.publisher, self.vector_size, clock=self.clock, notify=self._notify)
+        return Rounds(
+            self.config,
+            self.state,
+            self.publisher,
+            self.vector_size,
+            clock=self.clock,
+            notify=self._notify,
+            shard=self.shard,
+            is_leader=self.is_leader,
+            wake_leader=lambda: self.state.notify(LEADER_CHANNEL, "settle"),
+        )
 
     def _notify(self) -> None:
         self.on_change()
+
+    # -- replicas ------------------------------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """Whether this process leads (always, over SQLite); among PostgreSQL replicas the answer is refreshed at most
+        every :data:`LEAD_RETRY_S` seconds (a deposed leader's stale belief is harmless: every stage change is a
+        compare-and-set)."""
+        if not self.replicated:
+            return True
+        with self._lead_lock:  # request threads and the listener thread ask
+            now = time.monotonic()
+            if now - self._lead_checked >= LEAD_RETRY_S:
+                self._lead_checked = now
+                self._leader = self.state.try_lead()
+            return self._leader
+
+    def _notified(self, channel: str, payload: str) -> None:
+        """A notification from a replica (listener thread): wake the long polls; the leader looks at the open round
+        when asked."""
+        try:
+            self.on_change()
+            if channel == LEADER_CHANNEL and self.is_leader():
+                self.tick()
+        except Exception:  # the listener must outlive any one request; the ticker retries
+            pass
 
     @contextlib.contextmanager
     def _request(self) -> Iterator[None]:
@@ -90,14 +142,20 @@ class Coordinator:
         closed by the tick); any other error rolls everything back and drops what the round logic holds in memory."""
         with self.lock:
             refused: Rejection | None = None
+            saved = self.shard.snapshot()
             try:
                 with self.state.transaction():
                     try:
                         yield
                     except Rejection as rejection:
                         refused = rejection
+            except StageMoved as moved:  # another leader moved the round: everything this request did is undone
+                self.shard.restore(saved)
+                self.rounds = self._new_rounds()
+                raise Rejection(409, "wrong_stage", str(moved)) from moved
             except BaseException:
-                self.rounds = self._new_rounds()  # its running sum may hold an input the rollback took back
+                self.shard.restore(saved)  # the partial sum must not hold an input the rollback took back
+                self.rounds = self._new_rounds()
                 raise
             if refused is not None:
                 raise refused
@@ -137,44 +195,85 @@ class Coordinator:
         return agent_id
 
     def authenticate(self, agent_id: str, nonce: int, signature: bytes, method: str, path: str, body: bytes) -> None:
-        """Check a signed request and consume its nonce; raises Rejection (401 / 409)."""
+        """Check a signed request and consume its nonce; raises Rejection (401 / 409).
+
+        A read (GET) is checked the same way — its nonce must be above the last one consumed — but consumes nothing
+        and writes nothing, outside any transaction: reads do not contend for the database. Replaying a read gives
+        its owner's data back to whoever replays it, which the signed request already carried to them. A write is
+        refused on a replayed nonce, and each write is applied at most once per (round, stage, agent) whatever the
+        nonce (a second one is 409 ``already_submitted``)."""
+        if method in ("GET", "HEAD"):
+            with self.lock:
+                self._verify(self.state.agent(agent_id), agent_id, nonce, signature, method, path, body)
+            return
         with self._request():
-            known = self.state.agent(agent_id)
-            if known is None:
-                raise Rejection(401, "unknown_agent", f"agent {agent_id!r} is not registered")
-            public_key, last_nonce = known
-            try:
-                Ed25519PublicKey.from_public_bytes(public_key).verify(
-                    signature, request_message(method, path, nonce, body)
-                )
-            except InvalidSignature as error:
-                raise Rejection(401, "bad_signature", "the request signature does not verify") from error
-            if nonce <= last_nonce:
-                raise Rejection(409, "replayed_nonce", "nonce not greater than the last one seen from this agent")
+            self._verify(self.state.agent(agent_id), agent_id, nonce, signature, method, path, body)
             self.state.set_nonce(agent_id, nonce)
+
+    @staticmethod
+    def _verify(
+        known: tuple[bytes, int] | None,
+        agent_id: str,
+        nonce: int,
+        signature: bytes,
+        method: str,
+        path: str,
+        body: bytes,
+    ) -> tuple[bytes, int]:
+        """The agent's (key, last nonce) if the request is signed by it with a nonce above the last; else Rejection."""
+        if known is None:
+            raise Rejection(401, "unknown_agent", f"agent {agent_id!r} is not registered")
+        public_key, last_nonce = known
+        try:
+            Ed25519PublicKey.from_public_bytes(public_key).verify(signature, request_message(method, path, nonce, body))
+        except InvalidSignature as error:
+            raise Rejection(401, "bad_signature", "the request signature does not verify") from error
+        if nonce <= last_nonce:
+            raise Rejection(409, "replayed_nonce", "nonce not greater than the last one seen from this agent")
+        return known
 
     # -- rounds (see sync.coordinator.rounds) --------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """What /status shows: the published version and the open (else the newest) round."""
+        """What /status shows: the published version, the open (else the newest) round, and this process (its shard id
+        and whether it leads)."""
         with self._request():
             self.rounds.tick()
             row = self.state.open_round()
             latest = self.publisher.latest()
             body: dict[str, Any] = {"published_version": latest.version, "published_sha256": latest.sha256}
+            body["replica"] = {"shard": self.shard.shard_id, "leader": self.is_leader()}
             rid = int(row["round_id"]) if row is not None else self.state.last_round_id()
             body["round"] = self.rounds.round_info(rid) if rid is not None else None
+            history = self.publisher.quality_history()
+            if self.rounds.eval_plan is not None or history:  # federated evaluation: the last 20 rounds' quality
+                body["evaluation"] = {"blend": self.publisher.blend_in_force(), "history": history[-20:]}
             return body
 
     def tick(self) -> None:
-        """Close the open round's stage if its deadline passed."""
-        with self._request():
-            self.rounds.tick()
+        """Every process: checkpoint this shard's partial sum when due. The leader: close the open round's stage if
+        its deadline passed, everyone answered, or its masked-input stage is closing."""
+        leads = self.is_leader()
+        round_id = self.shard.round_id
+        if round_id is not None and self.shard.dirty(round_id):  # else nothing to write: no transaction
+            with self._request():
+                self.rounds.follow()
+        if leads:
+            with contextlib.suppress(Rejection), self._request():  # a round another leader moved: nothing to do
+                self.rounds.tick()
+                self.rounds.settle()
 
     def current_round(self) -> dict[str, Any]:
-        """The open round, opening a new one (advertise stage) when none is open."""
+        """The open round, else the newest one with when the next opens (rounds open on the schedule, by the
+        leader's tick: :meth:`sync.coordinator.rounds.Rounds.open_scheduled`)."""
         with self._request():
             return self.rounds.current_round()
+
+    def checkin(self, agent_id: str, base_version: int) -> dict[str, Any]:
+        """An agent ready to take part: admitted to the round in advertise, told when to come back, or told to fetch
+        the newest version first (:meth:`sync.coordinator.rounds.Rounds.checkin`)."""
+        with self._request():
+            return self.rounds.checkin(agent_id, base_version)
 
     def round_info(self, round_id: int) -> dict[str, Any]:
         """Public facts about a round (what /status and the long poll show)."""

@@ -10,8 +10,9 @@ SQL: it calls the :class:`sync.coordinator.storage.CoordinatorStore` interface, 
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ CREATE TABLE IF NOT EXISTS reveals (
     round_id INTEGER NOT NULL, holder TEXT NOT NULL, owner TEXT NOT NULL, kind TEXT NOT NULL, share BLOB NOT NULL,
     PRIMARY KEY (round_id, holder, owner));
 CREATE TABLE IF NOT EXISTS sums (round_id INTEGER PRIMARY KEY, total BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS partials (
+    round_id INTEGER NOT NULL, shard TEXT NOT NULL, total BLOB NOT NULL, agents TEXT NOT NULL,
+    n_agents INTEGER NOT NULL, written REAL NOT NULL, PRIMARY KEY (round_id, shard));
 CREATE TABLE IF NOT EXISTS published (
     version INTEGER PRIMARY KEY, sha256 TEXT NOT NULL, signature BLOB NOT NULL, vector BLOB NOT NULL,
     round_id INTEGER, created REAL NOT NULL);
@@ -87,6 +91,9 @@ class SqliteStore:
         # are not zeroed too. Builds with SECURE_DELETE on (Debian's) otherwise write every running sum twice.
         self.db.execute("PRAGMA secure_delete=FAST")
         self.db.executescript(SCHEMA)
+        # which shard (coordinator process) holds each member's masked input; added to files that predate shards
+        if "shard" not in {str(row[1]) for row in self.db.execute("PRAGMA table_info(members)")}:
+            self.db.execute("ALTER TABLE members ADD COLUMN shard TEXT")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -328,13 +335,39 @@ class SqliteStore:
         """Forget a round's sum."""
         self.db.execute("DELETE FROM sums WHERE round_id = ?", (round_id,))
 
-    def add_input(self, round_id: int, agent_id: str, total: bytes) -> None:
-        """Store the new running sum and mark the member's input as received (atomically)."""
-        with self.transaction():
-            self.put_sum(round_id, total)
-            self.db.execute(
-                "UPDATE members SET sent_input = 1 WHERE round_id = ? AND agent_id = ?", (round_id, agent_id)
-            )
+    def add_input(self, round_id: int, agent_id: str, shard: str) -> None:
+        """Mark the member's input as received by ``shard`` (which holds it in its partial sum)."""
+        self.db.execute(
+            "UPDATE members SET sent_input = 1, shard = ? WHERE round_id = ? AND agent_id = ?",
+            (shard, round_id, agent_id),
+        )
+
+    def input_shards(self, round_id: int) -> dict[str, int]:
+        """How many inputs of the round each shard received (by the members' marks)."""
+        found = self.db.execute(
+            "SELECT shard, COUNT(*) FROM members WHERE round_id = ? AND sent_input = 1 GROUP BY shard", (round_id,)
+        )
+        return {str(shard): int(n) for shard, n in found}
+
+    def put_partial(self, round_id: int, shard: str, total: bytes, agents: Sequence[str], written: float) -> None:
+        """Store (or replace) a shard's checkpoint: its partial sum (uint32 little-endian) and the agents in it."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO partials (round_id, shard, total, agents, n_agents, written)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (round_id, shard, total, json.dumps(list(agents)), len(agents), written),
+        )
+
+    def partials(self, round_id: int) -> list[tuple[str, bytes, list[str]]]:
+        """(shard, partial sum, agents in it) of every checkpoint of the round, by shard."""
+        found = self.db.execute(
+            "SELECT shard, total, agents FROM partials WHERE round_id = ? ORDER BY shard", (round_id,)
+        )
+        return [(str(shard), bytes(total), list(json.loads(agents))) for shard, total, agents in found]
+
+    def partial_counts(self, round_id: int) -> dict[str, int]:
+        """How many agents each shard's checkpoint of the round holds (without reading the sums)."""
+        found = self.db.execute("SELECT shard, n_agents FROM partials WHERE round_id = ?", (round_id,))
+        return {str(shard): int(n) for shard, n in found}
 
     def add_reveals(self, round_id: int, holder: str, b_shares: dict[str, bytes], s_shares: dict[str, bytes]) -> None:
         """Store a survivor's revealed shares and mark it as having answered (atomically)."""
@@ -354,10 +387,23 @@ class SqliteStore:
         return [(str(h), str(o), str(k), bytes(s)) for h, o, k, s in found]
 
     def forget_shares(self, round_id: int) -> None:
-        """Delete a round's encrypted and revealed shares."""
+        """Delete a round's encrypted and revealed shares and its shards' partial sums."""
         with self.transaction():
             self.db.execute("DELETE FROM shares WHERE round_id = ?", (round_id,))
             self.db.execute("DELETE FROM reveals WHERE round_id = ?", (round_id,))
+            self.db.execute("DELETE FROM partials WHERE round_id = ?", (round_id,))
+
+    # -- replicas: a SQLite file has one process, which leads ----------------------------------------------------
+
+    def try_lead(self) -> bool:
+        """True: the one process serving a SQLite file leads."""
+        return True
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Nothing: no other process serves this file."""
+
+    def listen(self, channels: Sequence[str], callback: Callable[[str, str], None]) -> None:
+        """Nothing: no other process serves this file, so nothing is ever notified."""
 
     # --- enrollment (issue 14.4) ------------------------------------------------------------------------------
     # Three methods over the enrollment table; a PostgreSQL state implements the same (claim is a compare-and-set).

@@ -11,8 +11,13 @@ connection pool). Both give the same answers to the same calls (``tests/sync/tes
   happened;
 - a round that ends (stage ``done`` or ``abandoned``) drops its encrypted and revealed key shares in the same
   transaction (PostgreSQL keeps them in one partition per round and drops the partitions);
-- one process serves a database (:meth:`CoordinatorStore.claim_serving`): the round logic keeps the running sum in
-  memory between inputs, so replicas need the leader election of issue 14 first.
+- masked inputs are summed in memory by shards (each coordinator process is one, :mod:`sync.coordinator.shards`):
+  accepting an input stores only the member's "sent" mark and the shard holding it (:meth:`CoordinatorStore.add_input`);
+  a shard's partial sum is written as a checkpoint row (:meth:`CoordinatorStore.put_partial`), and the round's key
+  shares and partial sums go when it ends;
+- a SQLite file is served by one process (:meth:`CoordinatorStore.claim_serving`); a PostgreSQL database by any
+  number of replicas, of which the one holding an advisory lock leads (:meth:`CoordinatorStore.try_lead`) and all
+  wake each other with LISTEN/NOTIFY (:meth:`CoordinatorStore.notify`, :meth:`CoordinatorStore.listen`).
 
 ``--db`` is ``sqlite:///relative/path``, ``sqlite:////absolute/path``, a ``postgresql://`` (or ``postgres://``) URL,
 or a bare file path (SQLite); anything else is refused with a clear error.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -33,7 +38,9 @@ MEMBER_FLAGS = frozenset({"shared_keys", "sent_input", "unmasked"})
 ROUND_COLUMNS = frozenset({"stage", "deadline", "setup", "u2", "u3", "outcome"})
 ENDED_STAGES = frozenset({"done", "abandoned"})
 """Stages a round never leaves; reaching one drops the round's key shares."""
-TABLES = frozenset({"meta", "agents", "rounds", "members", "shares", "reveals", "sums", "published", "enrollment"})
+TABLES = frozenset(
+    {"meta", "agents", "rounds", "members", "shares", "reveals", "sums", "partials", "published", "enrollment"}
+)
 """The tables :meth:`CoordinatorStore.count_rows` can count."""
 
 
@@ -218,7 +225,7 @@ class CoordinatorStore(Protocol):
         ...
 
     def running_sum(self, round_id: int) -> bytes | None:
-        """The stored sum of a round's masked inputs (uint32 little-endian)."""
+        """The stored sum of a round's masked inputs (uint32 little-endian): written when the round is unmasked."""
         ...
 
     def put_sum(self, round_id: int, total: bytes) -> None:
@@ -229,8 +236,24 @@ class CoordinatorStore(Protocol):
         """Forget a round's sum."""
         ...
 
-    def add_input(self, round_id: int, agent_id: str, total: bytes) -> None:
-        """Store the new running sum and mark the member's input as received (atomically)."""
+    def add_input(self, round_id: int, agent_id: str, shard: str) -> None:
+        """Mark the member's input as received by ``shard`` (which holds it in its partial sum)."""
+        ...
+
+    def input_shards(self, round_id: int) -> dict[str, int]:
+        """How many inputs of the round each shard received (by the members' marks)."""
+        ...
+
+    def put_partial(self, round_id: int, shard: str, total: bytes, agents: Sequence[str], written: float) -> None:
+        """Store (or replace) a shard's checkpoint: its partial sum (uint32 little-endian) and the agents in it."""
+        ...
+
+    def partials(self, round_id: int) -> list[tuple[str, bytes, list[str]]]:
+        """(shard, partial sum, agents in it) of every checkpoint of the round, by shard."""
+        ...
+
+    def partial_counts(self, round_id: int) -> dict[str, int]:
+        """How many agents each shard's checkpoint of the round holds (without reading the sums)."""
         ...
 
     def add_reveals(self, round_id: int, holder: str, b_shares: dict[str, bytes], s_shares: dict[str, bytes]) -> None:
@@ -242,7 +265,24 @@ class CoordinatorStore(Protocol):
         ...
 
     def forget_shares(self, round_id: int) -> None:
-        """Delete a round's encrypted and revealed shares."""
+        """Delete a round's encrypted and revealed shares and its shards' partial sums."""
+        ...
+
+    # -- replicas ------------------------------------------------------------------------------------------------
+
+    def try_lead(self) -> bool:
+        """Whether this process leads (SQLite: always; PostgreSQL: it holds, or just took, the leader's advisory
+        lock on a connection of its own; False once that connection is lost)."""
+        ...
+
+    def notify(self, channel: str, payload: str = "") -> None:
+        """Wake the processes listening on ``channel`` (delivered when the current transaction commits; SQLite: no
+        other process to wake, nothing)."""
+        ...
+
+    def listen(self, channels: Sequence[str], callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(channel, payload)`` from a background thread for every notification on ``channels``, until
+        :meth:`close` (SQLite: never called)."""
         ...
 
 

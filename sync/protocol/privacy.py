@@ -15,6 +15,11 @@ With several shared parts (θ_g and φ_g, :class:`Part`), ``clip_C(Δ)`` clips e
 ``C`` is the joint bound ``√(Σ C_i²)`` (:func:`joint_clip`): the clipped delta's norm is at most ``C`` again, so the
 weight element, the sensitivity ``√2 · C``, the noise and the accountant are those above, with the joint ``C``.
 
+A round that evaluates (``sync.protocol.evaluation``) adds a last part :data:`~sync.protocol.evaluation.EVAL` of
+values in [0, 1] scaled to norm at most its own bound ``C_e``. It is clipped but **never weighted** (nor multiplied
+by the personality factor): the coordinator needs plain sums. Its bound is in the joint ``C``, so
+``‖x‖² ≤ Σ C_model² + C_e² + (w·C)² ≤ 2·C²`` and the sensitivity, noise and accountant above still hold.
+
 The coordinator divides the first elements of the sum by the last (÷ C) to get the weighted mean delta. The
 release per round is a Gaussian mechanism with noise multiplier ``z = σC / S = σ / √2``; the accountant composes
 one such event per round the agent actually took part in (RDP, Google's ``dp-accounting``). No sampling
@@ -41,6 +46,7 @@ from dp_accounting.rdp import RdpAccountant
 from numpy.typing import NDArray
 
 from sync.errors import ProtocolError
+from sync.protocol.evaluation import EVAL
 from sync.protocol.rules import SYNC_CLIP, SYNC_SIGMA, SYNC_WEIGHT_CAP
 
 DEFAULT_DELTA = 1e-5
@@ -113,6 +119,8 @@ class PrivacyParams:
     def __post_init__(self) -> None:
         parts = parts_from_json(self.parts) if self.parts else ()
         object.__setattr__(self, "parts", parts)
+        if any(p.name == EVAL for p in parts[:-1]) or (parts and all(p.name == EVAL for p in parts)):
+            raise ProtocolError(f"the round's {EVAL!r} part must be the last part, after at least one model part")
         if parts and self.clip < joint_clip(parts) * (1.0 - 1e-9):
             raise ProtocolError(
                 f"the round's joint bound C={self.clip} is below √(Σ C_i²)={joint_clip(parts):.6g} of its parts: "
@@ -130,6 +138,16 @@ class PrivacyParams:
         if self.parts:
             body["parts"] = [p.as_json() for p in self.parts]
         return body
+
+    @property
+    def model_parts(self) -> tuple[Part, ...]:
+        """The parts the delta covers (every part but the eval part)."""
+        return tuple(p for p in self.parts if p.name != EVAL)
+
+    @property
+    def eval_part(self) -> Part | None:
+        """The eval part of a round that evaluates, else None."""
+        return self.parts[-1] if self.parts and self.parts[-1].name == EVAL else None
 
     @property
     def noise_multiplier(self) -> float:
@@ -179,9 +197,14 @@ def prepare_contribution(
     noise_divisor: int,
     factor: float = 1.0,
     rng: np.random.Generator | None = None,
+    evaluation: NDArray[np.floating] | None = None,
 ) -> Contribution:
     """Clip (each part to its own bound when ``params`` has parts), weight, append the weight element and add this
     agent's share of the noise (see the module docstring).
+
+    ``delta`` covers the model parts; a round with an eval part gets ``evaluation`` there (clipped to the part's
+    bound, not weighted; zeros when None — an agent that evaluated nothing counts 0). ValueError for an
+    ``evaluation`` the round has no part for, or of the wrong size.
 
     ``factor`` ∈ [0, 1] multiplies the weight (personality-aware aggregation, :func:`personality_factor`); it can
     only shrink the contribution, so the sensitivity stays √2·C. ``rng`` replaces the fresh secure seed (for
@@ -193,12 +216,21 @@ def prepare_contribution(
         raise ValueError(f"the weight factor must lie in [0, 1], got {factor}")
     part_norms: tuple[float, ...] = ()
     if params.parts:
-        clipped, part_norms = clip_parts(delta, params.parts)
+        clipped, part_norms = clip_parts(delta, params.model_parts)
         norm = math.sqrt(sum(n**2 for n in part_norms))
     else:
         clipped, norm = clip(delta, params.clip)
     weight = factor * min(max(float(n_examples), 0.0), params.weight_cap) / params.weight_cap
-    joint = np.concatenate([weight * clipped, [weight * params.clip]])
+    pieces = [weight * clipped]
+    part = params.eval_part
+    if part is not None:
+        values = np.zeros(part.size) if evaluation is None else np.asarray(evaluation, dtype=np.float64)
+        if values.shape != (part.size,):
+            raise ValueError(f"the evaluation has shape {values.shape}; the round's eval part holds {part.size} values")
+        pieces.append(clip(values, part.clip)[0])  # plain sums: never weighted
+    elif evaluation is not None:
+        raise ValueError("this round evaluates nothing: it has no eval part")
+    joint = np.concatenate([*pieces, [weight * params.clip]])
     if params.sigma > 0:
         noise = rng or np.random.default_rng(secrets.randbits(128))
         joint += noise.normal(0.0, params.noise_share(noise_divisor), size=joint.shape)

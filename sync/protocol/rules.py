@@ -124,6 +124,7 @@ def round_quantization(
     that width leaves fewer than :data:`MIN_BUDGET_LEVELS` levels for a cohort of ``n`` (the sum must not wrap).
     """
     from sync.protocol.masking import Quantization
+
     if not rotation or vector_size is None:
         return Quantization.for_cohort(n, quantization_bound(clip, sigma, survivors))
     bound = quantization_bound(clip, sigma, survivors, vector_size)
@@ -148,3 +149,23 @@ def select_cohort(agents: Sequence[T], round_id: int, size: int, seed: int) -> l
     rng = np.random.default_rng([seed, round_id, 1])
     keep = np.sort(rng.choice(len(agents), size=size, replace=False))
     return [agents[int(i)] for i in keep]
+
+
+DAY_S = 86_400.0
+"""Seconds in a day (the spacing rule counts days)."""
+SYNC_MIN_DAYS_BETWEEN = 7.0
+"""An agent takes part at most once per this many days by default (``[schedule] min_days_between``)."""
+
+
+def power_allows(on_ac: bool | None, *, require_ac: bool) -> bool:
+    """The device's power rule: on AC, power source unknown (counts as AC), or on battery when AC is not required.
+
+    ``agent.engine.eligibility`` (the device) and ``sync.simulation.availability`` (the simulated devices) both ask
+    this function."""
+    return on_ac is None or on_ac or not require_ac
+
+
+def spacing_allows(last_participation: float | None, now: float, *, min_days_between: float) -> bool:
+    """The device's spacing rule: no released participation yet, or the last one (unix or simulated seconds) at
+    least ``min_days_between`` days before ``now``."""
+    return last_participation is None or (now - last_participation) / DAY_S >= min_days_between

@@ -1,7 +1,8 @@
 """The wire protocol shared by the coordinator and the agent client: signed requests, stage names, encodings.
 
 Every agent request carries three headers: ``x-agent-id``, ``x-nonce`` (an integer that must grow with every
-request of that agent: replays are refused) and ``x-signature``, the Ed25519 signature (base64) of
+request of that agent: a write's is consumed and a replayed write refused; a signed read's must be above the last
+write's but is not stored, so reads write nothing) and ``x-signature``, the Ed25519 signature (base64) of
 ``persona-request|METHOD|PATH_WITH_QUERY|NONCE|SHA256_HEX(BODY)``. Registration is signed the same way by the key
 being registered (proof of possession). The coordinator signs each published shared vector:
 ``persona-shared|VERSION|SHA256_HEX``. A published version is one blob, the float32 concatenation of the
@@ -75,6 +76,13 @@ def request_message(method: str, path: str, nonce: int, body: bytes) -> bytes:
 def shared_message(version: int, sha256_hex: str) -> bytes:
     """The bytes the coordinator signs for one published shared vector."""
     return f"persona-shared|{version}|{sha256_hex}".encode()
+
+
+def blend_message(version: int, sha256_hex: str, weight: float, measured_version: int, agents: int) -> bytes:
+    """The bytes the coordinator signs for the rerank blend weight published with one shared version: the weight
+    federated evaluation picked on version ``measured_version`` from ``agents`` agents (``sync.protocol.evaluation``).
+    """
+    return f"persona-blend|{version}|{sha256_hex}|{float(weight)!r}|{measured_version}|{agents}".encode()
 
 
 def setup_from_json(doc: Mapping[str, Any], *, round_id: int, seed: bytes) -> RoundSetup:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import tempfile
 import time
 from collections import deque
@@ -44,9 +45,11 @@ class _Throttled(httpx.AsyncBaseTransport):
     end of the stage, instead of while the simulation computes the next agents' answers.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, replicas: tuple[str, ...] = ()) -> None:
         if limit < 2:
             raise ValueError("at least two connections: one long poll may hold a slot")
+        self._replicas = [httpx.URL(url) for url in replicas]
+        self._turn = 0
         self._inner = httpx.AsyncHTTPTransport(
             limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
         )
@@ -76,7 +79,20 @@ class _Throttled(httpx.AsyncBaseTransport):
                     return
         self._free += 1
 
+    def _route(self, request: httpx.Request) -> None:
+        """With replicas, as a load balancer would: an agent's signed requests always to the same replica (by its
+        id), the others in turn. The signature covers the path, not the host, so it still verifies."""
+        if not self._replicas:
+            return
+        agent = request.headers.get("x-agent-id")
+        if agent:
+            target = self._replicas[int(hashlib.sha256(agent.encode()).hexdigest()[:8], 16) % len(self._replicas)]
+        else:
+            target, self._turn = self._replicas[self._turn % len(self._replicas)], self._turn + 1
+        request.url = request.url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._route(request)
         await self._acquire(answer=request.method != "GET")
         try:
             response = await self._inner.handle_async_request(request)
@@ -117,6 +133,7 @@ class SecureAggregator:
     dropout: float = 0.0  # fraction of each cohort that vanishes after sharing keys
     timeout: float = 900.0
     max_connections: int = 8  # requests in flight at once; the others wait their turn in asyncio (see _Throttled)
+    replicas: tuple[str, ...] = ()  # coordinator replicas' URLs to spread the agents over (by agent id); () = url only
     seed: int = 0
     cohort_size: int | None = None  # sample this many of the submitted agents per round (None: all of them)
     stats: list[RoundStats] = field(default_factory=list)
@@ -154,7 +171,7 @@ class SecureAggregator:
         return asyncio.run(self._run())
 
     async def _run(self) -> FloatArray | None:
-        transport = _Throttled(self.max_connections)
+        transport = _Throttled(self.max_connections, self.replicas)
         async with httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(120.0), transport=transport) as http:
             status = (await http.get("/status")).json()
             max_cohort = status["round"]["max_cohort"] if status.get("round") else None

@@ -73,6 +73,7 @@ def coordinator_url(tmp_path: Path) -> Iterator[tuple[str, np.ndarray[Any, np.dt
         target_cohort=COHORT,
         over_selection=0.0,
         advertise_s=90.0,
+        round_interval_s=0.0,  # back to back: a round 0 nobody joined in time is followed at once by round 1
         share_keys_s=60.0,
         masked_input_s=60.0,
         unmask_s=60.0,
@@ -216,7 +217,11 @@ async def test_tui_sync_now_runs_a_round_from_the_sync_screen(
     async with app.run_test(size=(100, 30)) as pilot:
 
         async def wait_for(condition: Any, steps: int = 6000) -> None:
+            from agent.tui.screens.modals import ErrorScreen
+
             for _ in range(steps):
+                if isinstance(app.screen, ErrorScreen):  # say what went wrong rather than what is not on screen
+                    raise AssertionError(f"{app.screen.title_text}: {app.screen.message}")
                 if condition():
                     return
                 await pilot.pause(0.025)

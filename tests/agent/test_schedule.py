@@ -184,6 +184,23 @@ def test_every_runs_now_then_each_period_with_jitter_until_interrupted() -> None
     assert all(3240 <= w <= 3960 for w in waits) and len(set(waits)) == 3
 
 
+def test_every_sleeps_until_the_coordinators_come_back_window_when_it_gives_one() -> None:
+    waits: list[float] = []
+    come_back = [time.time() + 120.0, None]  # the first run is paced ("come back in 2 minutes"), the second is not
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            raise KeyboardInterrupt
+
+    before = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        run_periodically(3600, lambda: come_back.pop(0), sleep=sleep)
+    after = time.time()
+    assert 120.0 - (after - before) <= waits[0] <= 120.0  # until the window, not the period
+    assert 3240 <= waits[1] <= 3960  # then the period again
+
+
 def test_sync_every_skips_when_ineligible_and_ctrl_c_exits_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     config("[schedule]\nmetered = true\nmax_load_per_core = inf\n")
 

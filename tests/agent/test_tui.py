@@ -250,30 +250,62 @@ async def test_snapshot_of_the_suggestions_screen_at_a_pinned_size() -> None:
     assert screen.suggestions[0].title.split()[0] in svg
 
 
-def test_the_tui_never_imports_torch(isolated_persona_home: Path) -> None:
+NOT_AT_FIRST_PAINT = (
+    # the language model's rerank: its module, prompts, serving and tokenizers load only when its weight is above 0
+    "agent.engine.rerank",
+    "models.fm.prompts",
+    "models.fm.serving",
+    "tokenizers",
+    # np.unique imports numpy.ma (~60-80 ms of CPU); the first list's reasons must not need it
+    "numpy.ma",
+    # the screens a returning user has not opened yet, with their charts
+    "agent.tui.screens.onboarding",
+    "agent.tui.screens.profile",
+    "agent.tui.screens.sync",
+    "agent.tui.bars",
+)
+
+
+def test_first_paint_imports_only_what_it_shows_and_the_tui_never_imports_torch(isolated_persona_home: Path) -> None:
+    """Issue 15's start-up regression came from work before the first paint that the first screen does not need
+    (the rerank's language-model modules with the rerank off); this states it without timing
+    (``scripts/bench_tui.py`` times it). The Profile screen still opens (its module loads when shown)."""
     seed(*ANIMATED)
     code = textwrap.dedent(
-        """\
+        f"""\
         import asyncio, json, sys
+        from agent.engine.rerank_weight import weight_in_force
         from agent.settings import Settings
         from agent.tui.app import PersonaApp
 
         async def main() -> None:
-            app = PersonaApp(settings=Settings(retrain_after_feedback=False))
+            settings = Settings(retrain_after_feedback=False)
+            app = PersonaApp(settings=settings)
             async with app.run_test(size=(100, 30)) as pilot:
-                while not app.painted.is_set():
+                for _ in range(6000):
+                    if app.painted.is_set():
+                        break
                     await pilot.pause(0.01)
+                at_paint = sorted(name for name in {NOT_AT_FIRST_PAINT!r} if name in sys.modules)
                 await pilot.press("l")
                 await pilot.press("p")
-                await pilot.pause(0.2)
-            print(json.dumps({"torch": "torch" in sys.modules}))
+                for _ in range(6000):
+                    if type(app.screen).__name__ == "ProfileScreen" and app.screen.query("#lift-chart"):
+                        break
+                    await pilot.pause(0.01)
+                profile_shown = type(app.screen).__name__ == "ProfileScreen"
+            print(json.dumps({{"rerank_on": weight_in_force(settings.rerank).on, "painted": app.painted.is_set(),
+                "at_paint": at_paint, "profile_shown": profile_shown, "torch": "torch" in sys.modules}}))
 
         asyncio.run(main())
         """
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"torch": False}
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["rerank_on"] is False, "the default blend weight is above 0 now: the rerank belongs on the path"
+    assert found["painted"] and found["at_paint"] == [], f"imported before the first paint: {found['at_paint']}"
+    assert found["profile_shown"] and found["torch"] is False, found
 
 
 @pytest.mark.asyncio

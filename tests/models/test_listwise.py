@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from models.data.catalog import Dataset
 from models.data.movielens import load_ml100k
@@ -87,6 +86,12 @@ def test_prompt_layout(builder: ListwisePromptBuilder, split: Split, popularity:
     # only the ten most recent history items, most recent last
     assert builder.short_label(example.history[-1]) + ";\nOptions:" in text
     assert builder.short_label(example.history[-11]) + ";" not in text
+    # a request goes on its own line between the history and the options; the letters stay where they were
+    asked = builder.prompt(example.history, items, "a 1990s  comedy")
+    assert builder._tok.decode(asked) == text.replace("\nOptions:", "\nLooking for: a 1990s comedy\nOptions:")
+    assert [asked[p] for p in builder.letter_positions(asked)] == list(builder.letters)
+    with pytest.raises(ValueError, match="empty request"):
+        builder.prompt(example.history, items, "  ")
     # fewer candidates is fine, more than twenty or none is an error
     assert len(builder.letter_positions(builder.prompt(example.history, items[:5]))) == 5
     with pytest.raises(ValueError, match="1 to 20"):
@@ -139,25 +144,27 @@ def test_listwise_loss() -> None:
     assert float(got) == pytest.approx(float(ce) / 2, rel=1e-6)
 
 
-N_WIRING = 16
-"""Lists the wiring test trains on (the issue asks for 32; 16 keep the suite's budget — see the docstring)."""
-N_SERVED = 8
-"""Of those, the lists llama.cpp scores for the agreement check (≈ 3 s each on a loaded 2-core machine)."""
+N_WIRING = 32
+"""Lists the wiring test overfits (issue 12, item 2)."""
+N_SERVED = 4
+"""Of those, the lists llama.cpp scores for the agreement check (one decode each)."""
 
 
 def test_wiring_overfit_gradients_and_llama_cpp_agree(
     tmp_path: Path, ml: Dataset, split: Split, popularity: IntArray
 ) -> None:
-    """The trainer moves the listwise loss on 16 lists well below its start and below the marginal-letter bound;
-    gradients reach both LoRA factors; the letter head (20 rows) equals the full-vocabulary logits at those ids;
-    llama.cpp serving the exported adapter picks the same letter as torch and orders the letters alike.
+    """The trainer drives the listwise cross-entropy on 32 lists near zero (< 0.1) and picks every target letter;
+    gradients reach both LoRA factors; the letter head from cached inputs equals the full model's full-vocabulary
+    logits at those ids; llama.cpp serving the exported adapter picks the same letter as torch.
 
-    Kept cheap: two history items per prompt (the letters and their positions are the same as with ten) and an
-    adapter of rank 8 on the top two layers, trained from their cached inputs. Measured on 16 lists, 12 epochs: the
-    loss falls 4.47 → 1.48 (the target letters' entropy, what a list-blind adapter could reach, is 2.43) and is still
-    falling — not yet near zero; on 32 lists, 6 epochs, 3.9 → 2.5. llama.cpp serving the exported adapter picked the
-    same letter on 7 of 8 lists (29 of 32 in the 32-list run, mean Spearman 0.985). 32 lists with llama.cpp on all
-    of them cost 225 s here, so the test trains on 16 and serves 8.
+    Pure cross-entropy (λ = 0: CE + KL towards a different target has a nonzero floor). Kept cheap the way the
+    product's private path is: two history items per prompt (the letters and their positions are the same as with
+    ten) and an adapter of rank 16 on the **last** layer, trained from that layer's cached inputs, where a step
+    needs one attention row per list (:class:`~models.fm.torch_model.LastLayerInputs`): the one full-model pass over
+    the 32 prompts is the cost, the 80 epochs (320 steps) are seconds. Measured: the epoch loss falls 3.56 → a
+    plateau near 2.7-2.8 for ten epochs (a list-blind adapter's floor: the target letters' entropy is 2.66) → 1.01
+    (epoch 29) → 0.36 (37) → 0.10 (51) → 0.033 (80); after training the cross-entropy is 0.032, all 32 target letters
+    are on top, and llama.cpp picks torch's letter on 4 of 4 served lists.
     """
     # torch: loaded by the torch tests only
     import torch
@@ -165,47 +172,48 @@ def test_wiring_overfit_gradients_and_llama_cpp_agree(
     from models.fm.torch_model import TorchFM
 
     small = ListwisePromptBuilder(torch_dir() / "tokenizer.json", ml.catalog, history_items=2)
-    config = ListwiseConfig(skip_missing=True, lam=0.0, lr=3e-2, epochs=12, batch=4)
+    config = ListwiseConfig(skip_missing=True, lam=0.0, lr=0.1, epochs=80, batch=8)
     lists = _lists(split, popularity, 80, config)[:N_WIRING]
     assert len(lists) == N_WIRING
-    prompts = [small.prompt(lst.history, lst.items.tolist()) for lst in lists]
+    targets = np.array([lst.target for lst in lists])
 
-    fm = TorchFM(threads=2)
-    letters = list(small.letters)
-    with torch.no_grad():
-        ids = torch.tensor([prompts[0]])
-        full = fm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]
-        head = fm.letter_logits(prompts[:1], letters)[0]
-    torch.testing.assert_close(head, full[letters], atol=1e-3, rtol=1e-4)
-
-    spec = LoraSpec(layers=(16, 17), rank=8, alpha=16.0, frozen_a=False, seed=3)
+    fm = TorchFM(threads=1)
+    last = len(fm.layers) - 1
+    spec = LoraSpec(layers=(last,), rank=16, alpha=32.0, frozen_a=False, seed=3)
     weights = LoraWeights.init(spec, fm.shapes())
-    cached = cache_lists(fm, small, lists, spec.layers[0], config)
-    assert len(cached) == N_WIRING and cached.targets[0] == [lst.target for lst in lists[:4]]
+    cached = cache_lists(fm, small, lists, last, config)
+    assert len(cached) == N_WIRING and cached.targets[0] == [lst.target for lst in lists[:8]]
     trained, losses = train_listwise_adapter(fm, "private", weights, cached, config)
-    # below the start and below the entropy of the target letters (what a list-blind adapter could reach)
-    counts = np.bincount([lst.target for lst in lists if lst.target is not None], minlength=20) / len(lists)
+    torch_scores = cached_scores(fm, cached)
+    # near zero after training (the epoch losses are taken before each step), every target letter on top
+    log_q = torch.log_softmax(torch.from_numpy(torch_scores.astype(np.float64)), dim=1)
+    final = float(-log_q[torch.arange(N_WIRING), torch.from_numpy(targets)].mean())
+    counts = np.bincount(targets, minlength=20) / N_WIRING
     marginal = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
-    assert losses[-1] < 0.75 * losses[0] and losses[-1] < marginal, (losses, marginal)
-    # the last step's gradients reached every B (and, once B moved, every A) factor
+    print(f"epoch losses {[round(x, 3) for x in losses]} final {final:.4f} marginal {marginal:.3f}")
+    assert final < 0.1 < marginal, (final, losses)
+    assert np.array_equal(torch_scores.argmax(axis=1), targets)
+    # the last step's gradients reached every A and B factor
     slots = [fm._wrapped[key] for key in weights.a]
+    assert len(slots) == 2  # q_proj and v_proj of the last layer
     assert all(float(slot.b["private"].grad.abs().sum()) > 0 for slot in slots)  # type: ignore[union-attr]
     assert all(float(slot.a["private"].grad.abs().sum()) > 0 for slot in slots)  # type: ignore[union-attr]
     assert trained.delta_norm() > 0
+    # the letter head from the cached last layer equals the full model's full-vocabulary logits at those ids
+    letters = list(small.letters)
+    with torch.no_grad():
+        ids = torch.tensor([small.prompt(lists[0].history, lists[0].items.tolist())])
+        full = fm.model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]
+    torch.testing.assert_close(torch.from_numpy(torch_scores[0]), full[letters], atol=2e-3, rtol=1e-4)
 
-    torch_scores = cached_scores(fm, cached)
     export_gguf(trained, tmp_path / "private.gguf")
-    with FoundationModel(gguf_path(), n_threads=2, n_ctx=1024) as served:
+    with FoundationModel(gguf_path(), n_threads=1, n_ctx=1024) as served:
         served.load_adapter("private", tmp_path / "private.gguf")
         served.set_scales(private=1.0)
         served_lists = lists[:N_SERVED]
         llama_scores = np.stack([score_list(served, small, lst.history, lst.items.tolist()) for lst in served_lists])
         with pytest.raises(ValueError, match="empty prompt"):
             served.letter_scores([], letters)
-    torch_scores = torch_scores[:N_SERVED]
-    same = np.mean([int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(torch_scores, llama_scores, strict=True)])
-    rho = [spearmanr(a, b).statistic for a, b in zip(torch_scores, llama_scores, strict=True)]
-    print(f"losses {losses} marginal {marginal:.3f} argmax agreement {same:.3f} mean spearman {np.mean(rho):.3f}")
-    # measured: the same letter on 29 of 32 lists, mean Spearman 0.985 (the adapter is far from overfit, so the
-    # top letters lie close together and the Q4 model's rounding can swap them)
-    assert same >= 0.8 and float(np.mean(rho)) >= 0.9, (same, rho)
+    picked = llama_scores.argmax(axis=1)
+    print(f"llama.cpp picks {picked.tolist()}, torch {torch_scores[:N_SERVED].argmax(axis=1).tolist()}")
+    np.testing.assert_array_equal(picked, torch_scores[:N_SERVED].argmax(axis=1))

@@ -19,6 +19,7 @@ from models.evaluation.protocols import (
     PROTOCOLS,
     QueryList,
     Request,
+    Reranker,
     Scores,
     chain,
     first_stage_only,
@@ -29,10 +30,26 @@ from models.evaluation.protocols import (
     satisfied_at,
 )
 from models.experiments.evaluate import evaluate
-from models.experiments.query import BASELINE, QUERY_WEIGHTS, compare_rows, query_blend, query_vectors
+from models.experiments.query import (
+    BASELINE,
+    LM_ROW,
+    LM_WEIGHTS,
+    QUERY_WEIGHTS,
+    compare_rows,
+    lm_lists,
+    lm_reranker,
+    lm_row,
+    product_query,
+    query_blend,
+    query_vectors,
+    sample_users,
+)
 from models.firststage.fit import TrainedModel, scorer_model
 from models.firststage.recipe import FederatedConfig
 from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams, with_query
+from models.fm.assets import gguf_path, torch_dir
+from models.fm.listwise import ListwisePromptBuilder, score_list
+from models.fm.serving import FoundationModel
 from models.text.encoder import ItemEncoder, embed_catalog
 from models.types import FloatArray, IntArray
 
@@ -201,3 +218,79 @@ def test_eval_query_protocol_end_to_end(world: tuple[Dataset, Split, FloatArray]
     )
     with pytest.raises(PersonaError, match="first stage"):
         evaluate("popularity", "query", split, vectors, catalog=dataset.catalog)
+
+
+LM_USERS = 3
+"""Users whose validation and test lists the language model rescores in the test below (one prompt each)."""
+
+
+def test_the_language_model_row_reads_the_request_and_blends_over_the_product(
+    world: tuple[Dataset, Split, FloatArray], model: TrainedModel
+) -> None:
+    """``product_query_fm``: the product's top 20 rescored by the real llama.cpp model from a prompt that holds
+    the request; the weight picked on validation from the grid; weight 0 is exactly the product; only the top 20
+    move; every row compared with the product and the first stage on the sampled users."""
+    dataset, split, vectors = world
+    catalog = dataset.catalog
+    users = sample_users(sorted(split.users), LM_USERS, 0)
+    assert len(users) == LM_USERS and users == sample_users(sorted(split.users), LM_USERS, 0)
+    assert sample_users(sorted(split.users), None, 0) == sorted(split.users)
+    with pytest.raises(ValueError, match="at least one user"):
+        sample_users(sorted(split.users), 0, 0)
+    lists: dict[str, list[QueryList]] = {}
+    reranks: dict[str, dict[str, Reranker]] = {}
+    for which in ("valid", "test"):
+        requests = make_requests(split, catalog, which)
+        lists[which] = [lst for lst in query_lists(model, split, catalog, which, requests) if lst.user in users]
+        blend = query_blend(model, split, vectors, _vectors(model, lists[which]), 0.25)
+        reranks[which] = {
+            "first_stage": first_stage_only,
+            BASELINE: blend,
+            "product_query": product_query(catalog, blend),
+        }
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog, history_items=3)
+    with FoundationModel(gguf_path(), n_threads=1, n_ctx=1024) as fm:
+        record = lm_row(lists["valid"], lists["test"], reranks, fm, builder, split)
+        # the scores come from the prompt with the request: the first list's top scored again by hand
+        first = lists["test"][0]
+        scored = lm_lists([first], reranks["test"]["product_query"], fm, builder, split)[first.user]
+        again = score_list(
+            fm, builder, split.users[first.user].train, first.candidates[scored.top].tolist(), first.request.text
+        )
+        plain = score_list(fm, builder, split.users[first.user].train, first.candidates[scored.top].tolist())
+    np.testing.assert_allclose(scored.lm, again, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(scored.lm, plain, atol=1e-3)  # the request changes what the model reads
+    text = builder._tok.decode(
+        builder.prompt(
+            split.users[first.user].train.tolist(), first.candidates[scored.top].tolist(), first.request.text
+        )
+    )
+    assert f"\nLooking for: {first.request.text}\nOptions:" in text
+    # the top 20 are the product's, in its order
+    product = np.asarray(
+        reranks["test"]["product_query"](first.user, first.request.text, first.candidates, first.first_stage)
+    )
+    np.testing.assert_array_equal(scored.top, np.argsort(-product, kind="stable")[:20])
+    # weight 0 is the product exactly; any weight only reorders the top 20 and keeps the rest in order
+    at_zero = query_row([first], lm_reranker({first.user: scored}, 0.0))
+    same = query_row([first], reranks["test"]["product_query"])
+    assert at_zero.ranks == same.ranks and at_zero.satisfied.tolist() == same.satisfied.tolist()
+    moved = lm_reranker({first.user: scored}, 1.0)(first.user, first.request.text, first.candidates, first.first_stage)
+    order = np.argsort(-moved, kind="stable")
+    assert set(order[:20].tolist()) == set(scored.top.tolist())
+    np.testing.assert_array_equal(order[20:], np.argsort(-product, kind="stable")[20:])
+    with pytest.raises(ValueError, match="not the ones"):
+        lm_reranker({first.user: scored}, 1.0)(first.user, "", first.candidates[::-1].copy(), first.first_stage)
+    # the record: the weight validation picked (best NDCG@10, smallest on ties), comparisons on the sampled users
+    table = record["valid_by_weight"]
+    assert set(table) == {str(w) for w in LM_WEIGHTS} and record["weight"] in LM_WEIGHTS
+    best = max(v["NDCG@10"] for v in table.values())
+    assert table[str(record["weight"])]["NDCG@10"] == best
+    assert all(w >= record["weight"] for w in LM_WEIGHTS if table[str(w)]["NDCG@10"] == best)
+    assert record["valid_metrics"][LM_ROW] == table[str(record["weight"])]
+    assert set(record["metrics"]) == {"first_stage", BASELINE, "product_query", LM_ROW}
+    for baseline, versus in (("product_query", record["vs_product_query"]), ("first_stage", record["vs_first_stage"])):
+        assert baseline not in versus and versus[LM_ROW]["users"] == LM_USERS
+        delta = record["metrics"][LM_ROW]["NDCG@10"] - record["metrics"][baseline]["NDCG@10"]
+        assert versus[LM_ROW]["delta_ndcg10"] == pytest.approx(delta)
+    assert record["prompts"] == 2 * LM_USERS and record["users"] == LM_USERS

@@ -30,16 +30,20 @@ from sync.coordinator.local import serve_in_thread
 from sync.coordinator.openapi import OPENAPI
 from sync.coordinator.service import Coordinator
 from sync.protocol.wire import API, JSON_TYPE, b64e, request_message
+from tests.sync.conftest import BACKENDS, db_for
 
 SIGNATURE_HEADERS = {"x-agent-id", "x-nonce", "x-signature"}
 EXAMPLES = 20  # per operation and generation mode: ~600 requests, ~15 s of CPU
 
 
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Coordinator:
+@pytest.fixture(params=BACKENDS)
+def coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator over each backend (SQLite, and the session's real PostgreSQL)."""
     # round 0 stays in its advertise stage for the whole test: what the fuzzer meets does not depend on timing
-    config = CoordinatorConfig(db=tmp_path / "coordinator.sqlite3", vector_size=16, min_cohort=3, advertise_s=3600.0)
-    return Coordinator(config)
+    db = db_for(str(request.param), tmp_path, request)
+    coordinator = Coordinator(CoordinatorConfig(db=db, vector_size=16, min_cohort=3, advertise_s=3600.0))
+    yield coordinator
+    coordinator.close()
 
 
 @pytest.fixture
@@ -147,7 +151,9 @@ def test_fuzzed_requests_to_every_operation_get_a_4xx_with_a_reason_never_a_5xx(
     schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
     http = httpx.Client(base_url=served, timeout=30.0)
     signer = Signer(http)
-    assert http.get(f"{API}/round").json()["round_id"] == 0  # an open round for the fuzzer to aim at
+    ready = http.build_request("POST", f"{API}/checkin", json={"base_version": 0})
+    signer.sign(ready)
+    assert http.send(ready).json()["admit"]["round_id"] == 0  # a check-in opens a round for the fuzzer to aim at
     operations = [result.ok() for result in schema.get_all_operations() if isinstance(result, Ok)]
     assert len(operations) == sum(len(item) for item in OPENAPI["paths"].values()) - 1  # all but /openapi.json
     answered: dict[tuple[int, str], int] = {}

@@ -158,7 +158,8 @@ def test_bad_input_is_refused_with_a_reason_and_the_round_goes_on(served: tuple[
     stranger = Identity.generate()
     join = f"{API}/rounds/0/advertise"
     empty = json.dumps({"c_pk": b64e(b"a" * 32), "s_pk": b64e(b"b" * 32), "signature": b64e(b"c" * 64)}).encode()
-    assert http.get(f"{API}/round").json()["round_id"] == 0
+    checkin, ready = f"{API}/checkin", json.dumps({"base_version": 0}).encode()  # rounds open for agents checking in
+    assert post(ready, _signed(me, "POST", checkin, ready, 6), target=checkin).json()["admit"]["round_id"] == 0
     assert reason(post(empty, _signed(stranger, "POST", join, empty, 1), target=join)) == (401, "unknown_agent")
     forged = _signed(me, "POST", join, empty, 6) | {"x-signature": b64e(b"\0" * 64)}
     assert reason(post(empty, forged, target=join)) == (401, "bad_signature")
@@ -206,17 +207,13 @@ async def _manual_agent(client: AgentClient, delta: np.ndarray[Any, Any]) -> lis
     deadline = time.monotonic() + 60
     session = secagg.AgentSession(client.identity.agent_id, client.identity.key, 0)
     c_pk, s_pk, sig = session.advertise()
-    await client.request(
-        "POST", f"{API}/rounds/0/advertise", json_body=advertise_body(c_pk, s_pk, sig)
-    )
+    await client.request("POST", f"{API}/rounds/0/advertise", json_body=advertise_body(c_pk, s_pk, sig))
     await watcher.wait(0, "share_keys", deadline)
     doc = (await client.request("GET", f"{API}/rounds/0/setup")).json()
     setup = setup_from_json(doc, round_id=int(doc["round_id"]), seed=b64d(doc["seed"]))
     peers = [peer_keys_from_json(p) for p in doc["neighbours"]]
     shares = session.share_keys(setup, peers)
-    await client.request(
-        "POST", f"{API}/rounds/0/shares", json_body={"shares": b64e_map(shares)}
-    )
+    await client.request("POST", f"{API}/rounds/0/shares", json_body={"shares": b64e_map(shares)})
     await watcher.wait(0, "masked_input", deadline)
     doc = (await client.request("GET", f"{API}/rounds/0/inbox")).json()
     contribution = prepare_contribution(

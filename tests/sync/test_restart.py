@@ -1,5 +1,6 @@
 """The coordinator is SIGKILLed mid-round and restarted on the same database (SQLite, then PostgreSQL): the round
-resumes with every input accepted before the kill, the published vectors are intact, and the agents retry and finish
+resumes with every input the killed process had checkpointed (its partial sum, :mod:`sync.coordinator.shards`; inputs
+it held only in memory would have become dropouts), the published vectors are intact, and the agents retry and finish
 the next round too.
 """
 
@@ -20,6 +21,7 @@ from sync.client.identity import Identity
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.local import coordinator_command, free_port, wait_healthy
 from sync.coordinator.service import Coordinator
+from sync.coordinator.storage import open_store
 from sync.protocol import secagg
 from sync.protocol.privacy import PrivacyParams, prepare_contribution
 from sync.protocol.wire import (
@@ -50,6 +52,8 @@ def _start(db: str, port: int) -> subprocess.Popen[bytes]:
         "120",
         "--weight-cap",
         "30",  # every agent has full weight, so the noised total weight is far from zero and a vector is published
+        "--checkpoint-s",
+        "0.5",  # the process writes its partial sum of masked inputs twice a second while it holds new ones
     ]
     process = subprocess.Popen(
         coordinator_command(db, port, args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -75,6 +79,8 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(db_url: str) -> None:
             # the late agent joins and shares keys, then holds its input back until after the crash
             watcher = StageWatcher(http)
             deadline = time.monotonic() + 120
+            while (await http.get("/status")).json()["round"] is None:  # rounds open on the schedule, at a tick
+                await asyncio.sleep(0.1)
             assert (await late.request("GET", f"{API}/round", signed=False)).json()["round_id"] == 0
             session = secagg.AgentSession(late.identity.agent_id, late.identity.key, 0)
             c_pk, s_pk, sig = session.advertise()
@@ -87,6 +93,12 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(db_url: str) -> None:
             await late.request("POST", f"{API}/rounds/0/shares", json_body={"shares": b64e_map(shares)})
             while (await http.get(f"{API}/rounds/0")).json()["masked_inputs"] < 4:
                 await asyncio.sleep(0.2)
+            store = open_store(db)
+            try:  # the kill comes once the process has checkpointed the four inputs it summed in memory
+                while sum(store.partial_counts(0).values()) < 4:
+                    await asyncio.sleep(0.1)
+            finally:
+                store.close()
             process.send_signal(signal.SIGKILL)
             process.wait()
             await asyncio.sleep(1.0)  # the honest agents are waiting on a dead coordinator now
@@ -122,7 +134,7 @@ def test_sigkill_mid_round_then_restart_resumes_the_round(db_url: str) -> None:
     expected = sum(q.integers(r.contribution.vector) for r in done if r.contribution is not None)
     expected = expected + q.integers(first[-1].vector)
     coordinator = Coordinator(CoordinatorConfig(db=db))
-    assert np.array_equal(coordinator.unmasked_sum(0), expected)  # nothing accepted before the kill was lost
+    assert np.array_equal(coordinator.unmasked_sum(0), expected)  # nothing checkpointed before the kill was lost
     assert all(isinstance(r, RoundResult) and r.status == "done" for r in second), second
     blob0 = coordinator.blob(0)
     assert hashlib.sha256(blob0).hexdigest() == v0["sha256"]

@@ -127,14 +127,23 @@ def test_members_flags_counts_and_keys(store: CoordinatorStore) -> None:
     assert store.member_counts(5) == (0, 0, 0, 0)
 
 
-def test_inputs_keep_the_running_sum_with_the_sent_mark(store: CoordinatorStore) -> None:
+def test_inputs_store_only_the_sent_mark_and_the_shard_and_checkpoints_replace(store: CoordinatorStore) -> None:
     store.add_round(0, 100.0, b"seed", 0, 0.0)
-    _cohort(store, 0, ["a", "b"])
-    assert store.running_sum(0) is None
-    store.add_input(0, "a", b"\x01\x00\x00\x00" * 4)
-    store.add_input(0, "b", b"\x02\x00\x00\x00" * 4)
-    assert store.running_sum(0) == b"\x02\x00\x00\x00" * 4
-    assert store.member_ids(0, sent_input=1) == ["a", "b"]
+    _cohort(store, 0, ["a", "b", "c"])
+    assert store.running_sum(0) is None and store.input_shards(0) == {}
+    store.add_input(0, "a", "shard-1")
+    store.add_input(0, "b", "shard-2")
+    store.add_input(0, "c", "shard-2")
+    assert store.member_ids(0, sent_input=1) == ["a", "b", "c"]
+    assert store.input_shards(0) == {"shard-1": 1, "shard-2": 2}
+    assert store.running_sum(0) is None and store.count_rows("partials") == 0  # no sum written per input
+    store.put_partial(0, "shard-2", b"\x01" * 16, ["b"], 1.0)
+    store.put_partial(0, "shard-2", b"\x02" * 16, ["b", "c"], 2.0)  # a later checkpoint replaces the earlier
+    store.put_partial(0, "shard-1", b"\x03" * 16, ["a"], 2.0)
+    assert store.partials(0) == [("shard-1", b"\x03" * 16, ["a"]), ("shard-2", b"\x02" * 16, ["b", "c"])]
+    assert store.partial_counts(0) == {"shard-1": 1, "shard-2": 2} and store.partials(1) == []
+    store.update_round(0, stage="abandoned")  # a round that ends drops its partial sums with its key shares
+    assert store.partials(0) == [] and store.count_rows("partials") == 0
     store.put_sum(0, b"\x09" * 16)
     assert store.running_sum(0) == b"\x09" * 16
     store.delete_sum(0)
@@ -178,8 +187,8 @@ def test_sqlite_zeroes_the_key_shares_of_an_ended_round_on_disk(tmp_path: Path) 
     _cohort(store, 0, ["a", "b"])
     store.add_shares(0, "a", {"b": b"ENCRYPTED-SHARE-MARKER" * 8})
     store.add_reveals(0, "b", {"a": b"REVEALED-SHARE-MARKER" * 4}, {})
-    store.add_input(0, "a", b"\x07" * 4096)
-    store.add_input(0, "b", b"\x08" * 4096)  # replaces the first sum: its overflow pages are freed, not zeroed
+    store.put_partial(0, "s", b"\x07" * 4096, ["a"], 1.0)
+    store.put_partial(0, "s", b"\x08" * 4096, ["a", "b"], 2.0)  # replaces the first: its overflow pages are freed
     store.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     on_disk = path.read_bytes()
     assert b"ENCRYPTED-SHARE-MARKER" in on_disk and b"REVEALED-SHARE-MARKER" in on_disk  # the check can see them
@@ -310,8 +319,11 @@ def test_a_full_round_through_the_http_app_on_postgresql(postgres_url: str) -> N
         info = coordinator.round_info(round_id)
         assert info["outcome"]["survivors"] == 5 and info["outcome"]["published_version"] == 1
         assert coordinator.state.count_rows("shares") == 0 and coordinator.state.count_rows("reveals") == 0
-        with pytest.raises(ValueError, match="another agent-coordinator already serves postgresql://persona@"):
-            Coordinator(config)  # a second process on the same database would miss the first one's inputs
+        replica = Coordinator(config)  # a second process on the same database is a replica: it does not lead
+        try:
+            assert coordinator.is_leader() and not replica.is_leader()
+        finally:
+            replica.close()
     finally:
         coordinator.close()
     again = Coordinator(config)  # a restarted coordinator on the same database

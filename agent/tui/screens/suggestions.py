@@ -67,13 +67,22 @@ class SuggestionsScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="suggest", exit_on_error=False)
     def _compute(self, query: str | None, skipped: frozenset[int]) -> None:
-        """The first stage's list at once; then, when it applies, the language model's rerank of its top k."""
-        from agent.engine import rerank  # reason: start-up; its language-model modules load here, beside the mount
+        """The first stage's list at once; then, when it applies, the language model's rerank of its top k.
 
+        The rerank runs only with a blend weight above 0 (:mod:`agent.engine.rerank_weight`). With the measured
+        default of 0 its module, which imports the language model's prompt, scoring and serving code and
+        ``tokenizers``, is not imported at all: that import sat between the profile loading and the first paint.
+        """
         profile, settings = self.profile, self.settings
         n = settings.suggestions
+        in_force = weight_in_force(settings.rerank)
         try:
-            skip = rerank.skip_reason(profile, settings.rerank)
+            if in_force.on:
+                from agent.engine import rerank  # reason: the language model's code, only when the rerank can run
+
+                skip = rerank.skip_reason(profile, settings.rerank)
+            else:
+                skip = in_force.why  # rerank.skip_reason's own answer when the weight is off
             first = profile.suggest(
                 n if skip else max(n, settings.rerank.k),
                 query=query,
@@ -82,12 +91,17 @@ class SuggestionsScreen(Screen[None]):
         except Exception as error:  # shown, never a traceback
             self.app.call_from_thread(self.post_message, ErrorRaised(error))
             return
-        in_force = weight_in_force(settings.rerank)
         note = "reranking with the language model…" if skip is None else "" if in_force.on else in_force.summary()
         self.app.call_from_thread(self._show, first[:n], note)
-        if skip is not None:
-            return
-        outcome = rerank.rerank(profile, first, n, settings.rerank)
+        if skip is None:
+            self._rerank(first)
+
+    def _rerank(self, first: list[Suggestion]) -> None:
+        """The language model's rerank of ``first`` (in the suggest worker), shown when it is done."""
+        from agent.engine import rerank  # reason: the language model's code, only when the rerank runs
+
+        settings = self.settings
+        outcome = rerank.rerank(self.profile, first, settings.suggestions, settings.rerank)
         if get_current_worker().is_cancelled:
             return
         if outcome.error is not None:
