@@ -187,6 +187,12 @@ def main() -> None:
         help="the advertise stage deadline; agents checking in before the round opens come back in its first half",
     )
     parser.add_argument("--replicas", type=int, default=1, help="coordinator processes (more than 1: postgres only)")
+    parser.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=None,
+        help="passed to serve: how often a process writes its partial sum (0: only when the stage closes)",
+    )
     args = parser.parse_args()
     if args.replicas < 1 or (args.replicas > 1 and args.backend != "postgres"):
         parser.error("--replicas: at least 1, and more than 1 only with --backend postgres (a SQLite file has one)")
@@ -213,6 +219,8 @@ def main() -> None:
             "--min-cohort",
             str(min(10, args.agents)),
         ]
+        if args.checkpoint_s is not None:
+            coordinator_args += ["--checkpoint-s", str(args.checkpoint_s)]
         with database(args.backend, Path(tmp)) as db, contextlib.ExitStack() as stack:
             replicas = [
                 stack.enter_context(coordinator_process(db, args=coordinator_args)) for _ in range(args.replicas)
