@@ -95,6 +95,17 @@ def coordinator_command(db: str | Path, port: int, args: Sequence[str] = (), *, 
     return cli_command("serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *extra, *args)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a coordinator subprocess if it still runs: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @contextlib.contextmanager
 def coordinator_process(
     db: str | Path, *, port: int | None = None, args: Sequence[str] = (), log: Path | None = None, dev: bool = True
@@ -111,12 +122,6 @@ def coordinator_process(
         wait_healthy(url, process=process)
         yield url, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         if log and not isinstance(out, int):
             out.close()

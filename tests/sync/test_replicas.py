@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sync.client.http_client import AgentClient, StageWatcher
 from sync.client.identity import Identity
-from sync.coordinator.local import coordinator_command, free_port, wait_healthy
+from sync.coordinator.local import coordinator_command, free_port, stop_process, wait_healthy
 from sync.coordinator.postgres import PostgresStore
 from sync.protocol import secagg
 from sync.protocol.privacy import Contribution, PrivacyParams, prepare_contribution
@@ -225,10 +225,4 @@ def test_the_leader_replica_is_killed_mid_round_and_another_finishes_the_round(p
         assert versions == [(0, None), (1, final["round_id"])]
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop_process(process)
