@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -19,6 +20,11 @@ from models.errors import PersonaError
 from models.evaluation.protocols import MODELS, PROTOCOLS
 from models.firststage.recipe import CentralConfig, FederatedConfig
 from models.prepare import prepare_all
+from sync.protocol.rules import SYNC_CLIP_PHI, SYNC_PHI_SIZE
+
+VIA_SYNC_MODELS = ("federated", "persona-shared", "persona")
+"""The models ``--via-sync`` trains through local coordinators: the first stage, and the persona models' shared
+language-model adapter too."""
 
 
 def prepare() -> None:
@@ -75,11 +81,13 @@ def eval_command(
         usage_error(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
     if protocol == "query" and model not in ("central", "federated"):
         usage_error("--protocol query measures the first stage: use it with --model federated or --model central.")
-    if via_sync and model != "federated":
+    if via_sync and model not in VIA_SYNC_MODELS:
         usage_error(
-            "--via-sync measures the federated first stage through the real protocol; use it with --model federated "
-            "(the persona models train their shared LoRA with the in-process aggregator)."
+            f"--via-sync trains through the real protocol the models that federate: use it with --model "
+            f"{' or '.join(VIA_SYNC_MODELS)}."
         )
+    if via_sync and model != "federated" and protocol not in ("loo99", "full"):
+        usage_error("--via-sync with a persona model measures --protocol loo99 or full.")
     if with_fm and protocol != "query":
         usage_error("--with-fm adds the language-model row of the query protocol: use it with --protocol query.")
     if test_users is not None and (test_users < 1 or not (model.startswith("persona") or with_fm)):
@@ -100,7 +108,21 @@ def eval_command(
         for name in ("persona-base", "persona-shared", "persona"):
             rounds_or_epochs[name] = federated.rounds
         total = rounds_or_epochs.get(model, 1)
-        with progress_bar() as bar, sync_aggregator(via_sync, split, seed, federated.server_lr) as aggregator:
+        persona = PersonaConfig(test_users=test_users)
+        fm_via_sync = via_sync and model != "federated"
+        with (
+            progress_bar() as bar,
+            sync_aggregator(via_sync, split, seed, federated.server_lr) as aggregator,
+            sync_aggregator(  # the shared LoRA's rounds: a coordinator of their own (see train_stages)
+                fm_via_sync,
+                split,
+                seed,
+                persona.server_lr,
+                cohort=persona.cohort,
+                initial=np.zeros(SYNC_PHI_SIZE, dtype=np.float32),
+                clip=SYNC_CLIP_PHI,
+            ) as fm_aggregator,
+        ):
             task = bar.add_task(f"{model} on ml-100k", total=total, status="")
             bar.update(task, status="training" + (" through a coordinator on 127.0.0.1" if via_sync else ""))
 
@@ -116,14 +138,17 @@ def eval_command(
                 federated=federated,
                 central=central,
                 aggregator=aggregator,
+                fm_aggregator=fm_aggregator,
                 catalog=dataset.catalog,
-                persona=PersonaConfig(test_users=test_users),
+                persona=persona,
                 query_fm=with_fm,
                 query_fm_users=test_users,
                 progress=on_progress,
             )
             if aggregator is not None:
                 result["sync"] = sync_summary(aggregator)
+            if fm_aggregator is not None:
+                result["sync_fm"] = sync_summary(fm_aggregator) | {"clip": SYNC_CLIP_PHI}
     except PersonaError as error:
         fail(error)
         return

@@ -361,20 +361,30 @@ def tui_sync(store: ProfileStore, progress: ProgressFn, *, passphrase: str | Non
 
 @contextlib.contextmanager
 def sync_aggregator(
-    enabled: bool, split: Split, seed: int, server_lr: float, *, cohort: int | None = None
+    enabled: bool,
+    split: Split,
+    seed: int,
+    server_lr: float,
+    *,
+    cohort: int | None = None,
+    initial: FloatArray | None = None,
+    clip: float | None = None,
 ) -> Iterator[SecureAggregator | None]:
     """A SecureAggregator bound to a fresh local coordinator when ``enabled`` (``cohort`` agents a round, default
-    the sync settings' cohort), else None."""
+    the sync settings' cohort), else None. The coordinator starts from ``initial`` (default: the first stage's θ_g
+    for ``split``) with clip bound ``clip`` (default: the sync settings' θ_g bound) — the language model's shared
+    adapter passes its own vector and :data:`~sync.protocol.rules.SYNC_CLIP_PHI`."""
     if not enabled:
         yield None
         return
     settings = sync_settings()
     # a round closes its advertise stage once the whole cohort is in
     cohort = min(settings.cohort if cohort is None else cohort, len(split.users))
-    initial = SharedParams.init(split.n_items, seed=seed).to_vector()
+    if initial is None:
+        initial = SharedParams.init(split.n_items, seed=seed).to_vector()
     args = (
         "--clip",
-        str(settings.clip),
+        str(settings.clip if clip is None else clip),
         "--sigma",
         str(settings.sigma),
         "--weight-cap",

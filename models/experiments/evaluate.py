@@ -109,6 +109,7 @@ def evaluate(
     federated: FederatedConfig = FederatedConfig(),
     central: CentralConfig = CentralConfig(),
     aggregator: Aggregator | None = None,
+    fm_aggregator: Aggregator | None = None,
     catalog: Catalog | None = None,
     persona: PersonaConfig | None = None,
     query_fm: bool = False,
@@ -121,7 +122,8 @@ def evaluate(
     ``query_fm_users`` users (None: all; :func:`models.experiments.query.evaluate_query`).
 
     ``persona`` and ``persona-shared`` (the whole system with both foundation-model adapters, or the shared one
-    only) are described in :mod:`models.experiments.persona`; ``persona`` is their :class:`PersonaConfig`."""
+    only) are described in :mod:`models.experiments.persona`; ``persona`` is their :class:`PersonaConfig`; their
+    first stage trains through ``aggregator`` and their shared adapter through ``fm_aggregator``."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     start = time.perf_counter()
@@ -174,6 +176,7 @@ def evaluate(
                 federated=federated,
                 config=persona or PersonaConfig(),
                 aggregator=aggregator,
+                fm_aggregator=fm_aggregator,
                 progress=progress,
             )
     elif protocol == "coldstart":

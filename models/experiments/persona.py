@@ -81,10 +81,15 @@ def train_stages(
     protocol: Literal["loo99", "full"] = "loo99",
     users: list[int] | None = None,
     aggregator: Aggregator | None = None,
+    fm_aggregator: Aggregator | None = None,
     progress: Progress | None = None,
 ) -> tuple[TrainedModel, LoraWeights, list[dict[str, Any]], dict[str, float]]:
     """The federated first stage (selected on ``protocol``) and then the shared LoRA, both trained on ``users``
-    (default: all): the first stage, the shared adapter, its round log and the two stages' seconds."""
+    (default: all): the first stage, the shared adapter, its round log and the two stages' seconds.
+
+    ``aggregator`` carries the first stage's rounds and ``fm_aggregator`` the shared adapter's (each default: the
+    in-process weighted mean); ``agent eval --via-sync`` gives each a secure aggregator bound to its own local
+    coordinator, since the two stages run one after the other here while a live round carries both parts."""
     from models.fm.torch_model import TorchFM  # torch: loaded only when the shared adapter trains
 
     timings: dict[str, float] = {}
@@ -93,6 +98,7 @@ def train_stages(
         split,
         text_vectors,
         config=federated or FederatedConfig(),
+        aggregator=aggregator,
         select_protocol=protocol,
         users=users,
         progress=progress,
@@ -104,7 +110,7 @@ def train_stages(
     fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
     agents = split if users is None else split.subset(users)
     shared, fm_log = train_shared_adapter(
-        agents, first.score_all, fm, builder, config.adapters(), aggregator=aggregator, progress=progress
+        agents, first.score_all, fm, builder, config.adapters(), aggregator=fm_aggregator, progress=progress
     )
     del fm  # the rerank workers load their own copy; the parent's would only hold memory
     timings["shared_adapter_s"] = time.perf_counter() - clock
@@ -161,13 +167,22 @@ def evaluate_persona(
     federated: FederatedConfig | None = None,
     config: PersonaConfig = PersonaConfig(),
     aggregator: Aggregator | None = None,
+    fm_aggregator: Aggregator | None = None,
     progress: Progress | None = None,
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Train the whole system and report test metrics (blend weight chosen on validation), validation metrics and
     a selection record that also carries, measured on the same users and candidates so the rows differ only in
     the adapters: the first stage alone, the base FM (no adapter) and, with ``private``, the shared adapter alone."""
     first, shared, fm_log, timings = train_stages(
-        split, text_vectors, catalog, config, federated, protocol=protocol, aggregator=aggregator, progress=progress
+        split,
+        text_vectors,
+        catalog,
+        config,
+        federated,
+        protocol=protocol,
+        aggregator=aggregator,
+        fm_aggregator=fm_aggregator,
+        progress=progress,
     )
     assert first.shared is not None
 

@@ -132,7 +132,7 @@ def test_eval_persona_base_outside_loo99_is_a_clear_error() -> None:
 
 
 def test_eval_options_that_do_not_apply_are_usage_errors() -> None:
-    via_sync = runner.invoke(app, ["eval", "--model", "persona", "--via-sync"])
+    via_sync = runner.invoke(app, ["eval", "--model", "central", "--via-sync"])
     assert via_sync.exit_code == 2 and "--model federated" in via_sync.output
     sample = runner.invoke(app, ["eval", "--model", "central", "--test-users", "10"])
     assert sample.exit_code == 2 and "persona models only" in sample.output
