@@ -126,9 +126,25 @@ def eval_command(
             task = bar.add_task(f"{model} on ml-100k", total=total, status="")
             bar.update(task, status="training" + (" through a coordinator on 127.0.0.1" if via_sync else ""))
 
+            phase = [""]
+
             def on_progress(kind: str, info: dict[str, Any]) -> None:
-                hr, ndcg = info.get("valid_HR@10", 0.0), info.get("valid_NDCG@10", 0.0)
-                bar.update(task, advance=1, status=f"{kind} valid HR@10 {hr:.3f} NDCG@10 {ndcg:.3f}")
+                # each phase (first-stage rounds or epochs, the adapter's rounds, the reranks) counts on its own bar
+                if kind in ("round", "epoch"):
+                    hr, ndcg = info.get("valid_HR@10", 0.0), info.get("valid_NDCG@10", 0.0)
+                    bar.update(task, advance=1, status=f"{kind} valid HR@10 {hr:.3f} NDCG@10 {ndcg:.3f}")
+                    return
+                if kind != phase[0]:
+                    phase[0] = kind
+                    total = info.get("rounds") or info.get("of")
+                    bar.reset(task, total=float(total) if total else None, description=f"{model}: {kind}")
+                done = info.get("users", info.get("lists"))
+                if isinstance(done, int):
+                    bar.update(task, completed=done, status="")
+                else:
+                    bar.update(
+                        task, advance=1, status=f"loss {info['train_loss']:.3f}" if info.get("train_loss") else ""
+                    )
 
             result = evaluate(
                 model,
