@@ -9,6 +9,7 @@ run as before; ``serve_in_thread(..., access=AccessPolicy())`` or ``dev=False`` 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -95,6 +96,18 @@ def coordinator_command(db: str | Path, port: int, args: Sequence[str] = (), *, 
     return cli_command("serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db), *extra, *args)
 
 
+def _die_with_parent() -> None:
+    """In the child, before it runs the coordinator (Linux): ask for SIGTERM when the process that started it dies,
+    so a killed ``agent eval --via-sync``, simulation or bench leaves no coordinator behind. Elsewhere: nothing."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+PR_SET_PDEATHSIG = 1
+"""prctl option: the signal a child gets when its parent dies (linux/prctl.h)."""
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     """Stop a coordinator subprocess if it still runs: SIGTERM, then SIGKILL after ``timeout`` seconds."""
     if process.poll() is None:
@@ -116,10 +129,12 @@ def coordinator_process(
     root = str(Path(__file__).resolve().parents[2])  # the folder holding the sync package
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = log.open("ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen(coordinator_command(db, port, args, dev=dev), env=env, stdout=out, stderr=out)
+    process = subprocess.Popen(
+        coordinator_command(db, port, args, dev=dev), env=env, stdout=out, stderr=out, preexec_fn=_die_with_parent
+    )
     url = f"{'https' if '--certfile' in args else 'http'}://127.0.0.1:{port}"
     try:
-        wait_healthy(url, process=process)
+        wait_healthy(url, timeout=120.0, process=process)  # a loaded machine takes a while to import and start it
         yield url, process
     finally:
         stop_process(process)
