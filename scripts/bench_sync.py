@@ -15,7 +15,13 @@ over them by agent id as a load balancer with affinity would. Also prints backen
 db_bytes_written_per_round (SQLite: bytes the coordinator process wrote to disk, /proc/PID/io write_bytes, WAL and
 checkpoints; PostgreSQL: WAL bytes generated, pg_current_wal_lsn difference), db_bytes_by_table (PostgreSQL: that WAL
 split by the table its records touch, read with pg_walinspect), stage_s (seconds each stage of a round lasted, from
-/status) and each replica's peak RSS.
+/status) and each replica's peak RSS. PostgreSQL also: db_data_bytes_written_per_round and
+db_data_bytes_by_writer_per_round (pages the server handed to the kernel for its data files: the checkpointer, the
+background writer, backends; a CHECKPOINT is forced before and after each round, so the round's dirty pages of logged
+tables are counted and nobody else's; up to PostgreSQL 15 "backends" also counts every page a backend adds to a
+file, zero-filled — the unlogged relay's file growth, whose contents PostgreSQL itself never writes),
+relay_peak_bytes (the largest the round's unlogged key-share partitions grew, sampled every second) and
+db_table_bytes (each table's size, indexes and TOAST included, after the last round).
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ BENCH_POSTGRES_SETTINGS = {
 }  # MB: a long round's WAL stays readable
 WRITTEN_HOW = {
     "sqlite": "write_bytes of the coordinator process (/proc/PID/io): WAL frames and checkpoints into the file",
-    "postgres": "WAL bytes the server generated (pg_current_wal_lsn difference); table pages follow at checkpoints",
+    "postgres": "WAL bytes the server generated (pg_current_wal_lsn difference); data-file writes are apart, in "
+    "db_data_bytes_written_per_round",
 }
 
 
@@ -135,6 +142,81 @@ def wal_by_table(db: str, start: str, end: str) -> dict[str, int]:
     return dict(sorted(split.items(), key=lambda kv: -kv[1]))
 
 
+def data_bytes_written(db: str) -> dict[str, int]:
+    """Counters of bytes the server wrote to its data files (relation pages written), by who wrote them: the
+    checkpointer (dirty pages of logged tables only: checkpoints skip unlogged ones), the background writer and
+    backends (any dirty page they evict or clean ahead of need, an unlogged relay page included; up to PostgreSQL 15
+    also each zero-filled page a backend adds to a file, which pg_stat_bgwriter counts as a backend write). Read
+    after a CHECKPOINT that writes every dirty page of a logged table out: pg_stat_io where it exists (PostgreSQL
+    16+, writes only), else pg_stat_bgwriter's buffer counts."""
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        time.sleep(1.0)  # backends and the checkpointer report their counts at most once a second
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        for query in (
+            "SELECT backend_type, SUM(write_bytes) FROM pg_stat_io WHERE object = 'relation' GROUP BY 1",  # 18+
+            "SELECT backend_type, SUM(writes * op_bytes) FROM pg_stat_io WHERE object = 'relation' GROUP BY 1",
+        ):
+            try:
+                rows = conn.execute(query).fetchall()
+            except psycopg.Error:
+                continue
+            found: dict[str, int] = {}
+            for kind, written in rows:
+                name = {"checkpointer": "checkpointer", "background writer": "background writer"}.get(kind, "backends")
+                found[name] = found.get(name, 0) + int(written or 0)
+            return found
+        setting = conn.execute("SELECT current_setting('block_size')::int").fetchone()
+        block = 8192 if setting is None else int(setting[0])
+        row = conn.execute("SELECT buffers_checkpoint, buffers_clean, buffers_backend FROM pg_stat_bgwriter").fetchone()
+    assert row is not None
+    return {
+        "checkpointer": int(row[0]) * block,
+        "background writer": int(row[1]) * block,
+        "backends": int(row[2]) * block,
+    }
+
+
+class RelaySize:
+    """Samples, every second in a thread, how large the open round's key-share relay partitions are (PostgreSQL);
+    :attr:`peak` is the largest sum seen."""
+
+    def __init__(self, db: str) -> None:
+        """Start sampling the database ``db``."""
+        self.db, self.peak = db, 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        with contextlib.suppress(psycopg.Error), psycopg.connect(self.db, autocommit=True) as conn:
+            while not self.stop.is_set():
+                row = conn.execute(
+                    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+                    " WHERE c.relkind = 'r' AND c.relname ~ '^(shares|reveals)_r[0-9]+$'"
+                ).fetchone()
+                if row is not None:
+                    self.peak = max(self.peak, int(row[0]))
+                self.stop.wait(1.0)
+
+    def close(self) -> int:
+        """Stop sampling; the peak."""
+        self.stop.set()
+        self.thread.join(timeout=10)
+        return self.peak
+
+
+def table_bytes(db: str) -> dict[str, int]:
+    """Each table's size with its indexes and TOAST (PostgreSQL), largest first."""
+    with psycopg.connect(db) as conn:
+        found = conn.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        ).fetchall()
+    return dict(sorted(((str(name), int(size)) for name, size in found), key=lambda kv: -kv[1]))
+
+
 class StageClock:
     """Polls /status in a thread and notes when each round entered each stage (time.monotonic())."""
 
@@ -188,6 +270,14 @@ def main() -> None:
     )
     parser.add_argument("--replicas", type=int, default=1, help="coordinator processes (more than 1: postgres only)")
     parser.add_argument(
+        "--stage-s",
+        type=float,
+        default=None,
+        help="the share-keys, masked-input and unmask deadlines (default: 600 s, or 0.2 s an agent when more: the "
+        "bench's one client process needs about 0.1 s of CPU an agent a stage at 10,000); the agents wait for "
+        "the whole round at full length",
+    )
+    parser.add_argument(
         "--checkpoint-s",
         type=float,
         default=None,
@@ -196,6 +286,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.replicas < 1 or (args.replicas > 1 and args.backend != "postgres"):
         parser.error("--replicas: at least 1, and more than 1 only with --backend postgres (a SQLite file has one)")
+    stage_s = args.stage_s if args.stage_s is not None else max(600.0, 0.2 * args.agents)
+    if not (args.advertise_s > 0 and stage_s > 0):
+        parser.error("--advertise-s and --stage-s must be positive")
     rng = np.random.default_rng(0)
     total = args.size + args.phi_size
     with tempfile.TemporaryDirectory(prefix="persona-bench-") as tmp:
@@ -211,11 +304,11 @@ def main() -> None:
             "--advertise-s",
             str(args.advertise_s),
             "--masked-input-s",
-            "600",
+            str(stage_s),
             "--share-keys-s",
-            "600",
+            str(stage_s),
             "--unmask-s",
-            "600",
+            str(stage_s),
             "--min-cohort",
             str(min(10, args.agents)),
         ]
@@ -227,14 +320,21 @@ def main() -> None:
             ]
             url, process = replicas[0]
             urls = tuple(u for u, _ in replicas) if args.replicas > 1 else ()
-            aggregator = SecureAggregator(url, dropout=args.dropout, timeout=1800, replicas=urls)
+            aggregator = SecureAggregator(
+                url, dropout=args.dropout, timeout=args.advertise_s + 4 * stage_s, replicas=urls
+            )
             clock = StageClock(url)
             completed = 0
             written: list[int] = []
+            data_written: dict[str, list[int]] = {}
+            relay_peaks: list[int] = []
             by_table: dict[str, int] = {}
+            postgres = args.backend == "postgres"
             for r in range(args.rounds):
+                data_before = data_bytes_written(db) if postgres else {}
                 before = db_bytes_written(args.backend, db, process.pid)
-                start_lsn = wal_lsn(db) if args.backend == "postgres" else ""
+                start_lsn = wal_lsn(db) if postgres else ""
+                relay = RelaySize(db) if postgres else None
                 aggregator.begin_round(r, total)
                 for a in range(args.agents):
                     aggregator.submit(
@@ -249,6 +349,11 @@ def main() -> None:
                     )
                 completed += aggregator.finish() is not None
                 written.append(db_bytes_written(args.backend, db, process.pid) - before)
+                if relay is not None:
+                    relay_peaks.append(relay.close())
+                if postgres:
+                    for writer, count in data_bytes_written(db).items():
+                        data_written.setdefault(writer, []).append(count - data_before.get(writer, 0))
                 if args.backend == "postgres":
                     try:
                         split = wal_by_table(db, start_lsn, wal_lsn(db))
@@ -260,6 +365,7 @@ def main() -> None:
                 print(f"round {r}: {aggregator.stats[-1]}", file=sys.stderr)
             rss = [peak_rss_mb(p.pid) for _, p in replicas]
             clock.close()
+            tables = table_bytes(db) if postgres else {}
     stats = aggregator.stats
     body = {
         "agents": args.agents,
@@ -280,6 +386,16 @@ def main() -> None:
         **(
             {"db_bytes_by_table_per_round": {k: round(v / args.rounds) for k, v in by_table.items()}}
             if by_table
+            else {}
+        ),
+        **(
+            {
+                "db_data_bytes_written_per_round": round(float(np.mean(np.sum(list(data_written.values()), axis=0)))),
+                "db_data_bytes_by_writer_per_round": {w: round(float(np.mean(v))) for w, v in data_written.items()},
+                "relay_peak_bytes": max(relay_peaks),
+                "db_table_bytes": tables,
+            }
+            if data_written
             else {}
         ),
         "stage_s": clock.stage_seconds(),

@@ -439,6 +439,7 @@ class AgentClient:
             doc = (await self.request("GET", f"{API}/rounds/{round_id}/setup")).json()
             setup = setup_from_json(doc, round_id=int(doc["round_id"]), seed=b64d(doc["seed"]))
             peers = [peer_keys_from_json(p) for p in doc["neighbours"]]
+            doc = {}  # not kept while waiting: its cohort list is n ids, and a simulation runs n agents at once
             result.cohort_size, result.quantization = len(setup.cohort), setup.quantization
             encrypted = timed(lambda: session.share_keys(setup, peers))
             await self.request(
@@ -466,6 +467,7 @@ class AgentClient:
             result.contribution = contribution
             inbox = b64d_map(doc["shares"])
             masked = timed(lambda: session.masked_input(doc["u2"], inbox, contribution.vector))
+            doc = {}  # U2 (n ids): the session keeps the process's one copy
             await self.request("POST", f"{API}/rounds/{round_id}/input", content=masked)
             report("sent_input", {"round_id": round_id, "bytes": len(masked)})
             await self._stage(watcher, round_id, "unmask", deadline)
@@ -477,6 +479,7 @@ class AgentClient:
                 json_body=unmask_body(b_shares, s_shares),
             )
             report("unmasking", {"round_id": round_id, "survivors": len(doc["u3"])})
+            doc = {}
             final = await watcher.wait(round_id, "done", deadline)
             if final["stage"] == "abandoned":
                 result.status = "abandoned"

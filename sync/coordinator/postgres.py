@@ -3,9 +3,19 @@
 psycopg 3 with a connection pool (``psycopg_pool``). A call outside a transaction borrows a connection and commits
 on its own; :meth:`PostgresStore.transaction` holds one connection for everything inside (re-entrant, per thread) and
 takes a transaction-scoped advisory lock first, so transactions that write run one at a time across every process
-sharing the database, as SQLite's ``BEGIN IMMEDIATE`` does for one file. Encrypted and revealed key shares live in one
-partition per round (``shares_r<ID>``, ``reveals_r<ID>``), created with the round and dropped when it ends. Large
-blobs (running sums, published vectors) are stored uncompressed: they are random bytes, pglz would only burn CPU.
+sharing the database, as SQLite's ``BEGIN IMMEDIATE`` does for one file. Large blobs (running sums, published vectors)
+are stored uncompressed: they are random bytes, pglz would only burn CPU.
+
+The key-share relay (encrypted shares, revealed shares) lives in one **UNLOGGED** partition per round
+(``shares_r<ID>``, ``reveals_r<ID>``), created with the round and dropped when it ends: it writes no WAL, checkpoints
+skip its dirty pages, and the shares reach the data files only if the background writer or a backend evicts them from
+shared buffers before the round ends (its files still grow page by page, zero-filled, as any table's do:
+``scripts/bench_sync.py`` measures both). It is ephemeral by nature (a round without its shares cannot be
+unmasked), so the one thing to get right is a crash: PostgreSQL empties unlogged tables when it recovers (and a
+promoted standby has them empty). The unlogged table ``relays`` holds one row per round whose relay is intact
+(written as the share-keys stage opens, :meth:`PostgresStore.start_relay`); a crash empties it with the shares, so
+:meth:`PostgresStore.relay_intact` is False for every round that was open, and the leader abandons such a round
+(:mod:`sync.coordinator.rounds`) rather than unmask it with shares missing.
 
 :func:`temporary_server` runs a throwaway PostgreSQL on 127.0.0.1 from the machine's own binaries (initdb into a
 temporary folder) for the tests and ``scripts/bench_sync.py --backend postgres``.
@@ -60,7 +70,8 @@ CREATE TABLE IF NOT EXISTS members (
 CREATE TABLE IF NOT EXISTS shares (
     round_id BIGINT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL, ciphertext BYTEA NOT NULL,
     PRIMARY KEY (round_id, sender, recipient)) PARTITION BY LIST (round_id);
-CREATE INDEX IF NOT EXISTS shares_by_recipient ON shares (round_id, recipient);
+DROP INDEX IF EXISTS shares_by_recipient;
+CREATE UNLOGGED TABLE IF NOT EXISTS relays (round_id BIGINT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS reveals (
     round_id BIGINT NOT NULL, holder TEXT NOT NULL, owner TEXT NOT NULL, kind TEXT NOT NULL, share BYTEA NOT NULL,
     PRIMARY KEY (round_id, holder, owner)) PARTITION BY LIST (round_id);
@@ -87,6 +98,7 @@ LEADER_LOCK = 0x70657273_6F6E6133  # "persona3": held by the replica that leads 
 KEEPALIVE = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
 ROUND_FIELDS = ("round_id", "stage", "deadline", "seed", "base_version", "setup", "u2", "u3", "outcome", "created")
 PARTITIONED = ("shares", "reveals")
+"""The key-share relay's tables: one UNLOGGED partition per round each."""
 CONNECT_TIMEOUT_S = 10
 
 
@@ -124,7 +136,14 @@ class PostgresStore:
         self._listening = threading.Event()
         self._closed = threading.Event()
         with self.transaction(), self._conn() as conn:
+            had_relays = conn.execute("SELECT to_regclass('relays') IS NOT NULL").fetchone()
             conn.execute(SCHEMA)
+            if had_relays is not None and not had_relays[0]:  # a database from before: its open rounds' relays are
+                # in logged partitions, which a crash left intact
+                conn.execute(
+                    "INSERT INTO relays (round_id) SELECT round_id FROM rounds"
+                    " WHERE stage NOT IN ('done', 'abandoned') ON CONFLICT DO NOTHING"
+                )
 
     # -- connections and transactions ----------------------------------------------------------------------------
 
@@ -354,19 +373,26 @@ class PostgresStore:
         return None if last is None else int(last)
 
     def add_round(self, round_id: int, deadline: float, seed: bytes, base_version: int, created: float) -> None:
-        """Open a round in the advertise stage, with its own partitions for key shares."""
+        """Open a round in the advertise stage, with its own (unlogged) partitions for key shares."""
         with self.transaction(), self._conn() as conn:
             conn.execute(
                 "INSERT INTO rounds (round_id, stage, deadline, seed, base_version, created)"
                 " VALUES (%s, 'advertise', %s, %s, %s, %s)",
                 (round_id, deadline, seed, base_version, created),
             )
-            for table in PARTITIONED:
-                conn.execute(
-                    sql.SQL("CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})").format(
-                        _partition(table, round_id), sql.Identifier(table), sql.Literal(int(round_id))
-                    )
-                )
+            self._create_partitions(conn, round_id)
+
+    @staticmethod
+    def _create_partitions(conn: psycopg.Connection[Any], round_id: int) -> None:
+        """The round's relay partitions: unlogged, and left alone by autovacuum (insert-only and dropped with the
+        round: vacuuming or analysing one would only read it and write its pages out)."""
+        for table in PARTITIONED:
+            conn.execute(
+                sql.SQL(
+                    "CREATE UNLOGGED TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES IN ({})"
+                    " WITH (autovacuum_enabled = false)"
+                ).format(_partition(table, round_id), sql.Identifier(table), sql.Literal(int(round_id)))
+            )
 
     def update_round(self, round_id: int, *, expect_stage: str | None = None, **columns: Any) -> bool:
         """Set columns of a round (stage, deadline, setup, u2, u3, outcome); whether the round was updated.
@@ -453,6 +479,18 @@ class PostgresStore:
 
     # -- shares, inputs, reveals ---------------------------------------------------------------------------------
 
+    def start_relay(self, round_id: int) -> None:
+        """Mark the round's relay as intact (and make sure its partitions exist): called as the share-keys stage
+        opens, before anything is relayed, so a crash during the advertise stage loses nothing."""
+        with self.transaction(), self._conn() as conn:
+            self._create_partitions(conn, round_id)
+            conn.execute("INSERT INTO relays (round_id) VALUES (%s) ON CONFLICT DO NOTHING", (round_id,))
+
+    def relay_intact(self, round_id: int) -> bool:
+        """Whether the round's relay holds everything relayed since :meth:`start_relay`: False once a crash of the
+        server emptied the unlogged tables (the round's mark with them), or before ``start_relay``."""
+        return self._one("SELECT 1 FROM relays WHERE round_id = %s", round_id) is not None
+
     def add_shares(self, round_id: int, sender: str, shares: dict[str, bytes]) -> None:
         """Store a member's encrypted shares and mark it as having shared keys (atomically)."""
         with self.transaction(), self._conn() as conn:
@@ -467,13 +505,15 @@ class PostgresStore:
         """Whether every member of the round has shared keys."""
         return bool(self._one("SELECT COUNT(*) = SUM(shared_keys) FROM members WHERE round_id = %s", round_id)[0])
 
-    def inbox(self, round_id: int, recipient: str) -> dict[str, bytes]:
-        """The shares addressed to ``recipient`` by members that shared keys, by sender."""
+    def inbox(self, round_id: int, recipient: str, senders: Sequence[str]) -> dict[str, bytes]:
+        """The shares addressed to ``recipient`` by those of ``senders`` (its neighbours) that shared keys, by sender:
+        one primary-key lookup per sender (no index by recipient to update per share)."""
         found = self._all(
             "SELECT s.sender, s.ciphertext FROM shares s JOIN members m"
             " ON m.round_id = s.round_id AND m.agent_id = s.sender"
-            " WHERE s.round_id = %s AND s.recipient = %s AND m.shared_keys = 1",
+            " WHERE s.round_id = %s AND s.sender = ANY(%s) AND s.recipient = %s AND m.shared_keys = 1",
             round_id,
+            list(senders),
             recipient,
         )
         return {str(s): bytes(c) for s, c in found}
@@ -554,6 +594,7 @@ class PostgresStore:
         with self.transaction(), self._conn() as conn:
             for table in PARTITIONED:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(table, round_id)))
+            conn.execute("DELETE FROM relays WHERE round_id = %s", (round_id,))
             conn.execute("DELETE FROM partials WHERE round_id = %s", (round_id,))
 
     # -- enrollment (issue 14.4; the same three methods as the SQLite store's) ------------------------------------

@@ -56,6 +56,12 @@ WANTED_KEY = "wanted_round"
 whose pace-steering bookings are its own, knows someone waits for it)."""
 LEADER_CHANNEL = "persona_leader"
 """NOTIFY channel: a replica asks the leader to look at the open round now (everyone answered, or no round is open)."""
+RELAY_STAGES = frozenset({"share_keys", "masked_input", "unmask"})
+"""Stages during which a round needs its key-share relay."""
+RELAY_LOST = (
+    "its key shares were lost (the database restarted after a crash and emptied its unlogged relay); "
+    "the round cannot be unmasked without them"
+)
 
 
 class StageMoved(Exception):
@@ -72,6 +78,18 @@ def _parse_setup(round_id: int, text: str, seed: bytes) -> secagg.RoundSetup:
 @lru_cache(maxsize=8)
 def _cohort_position(cohort: tuple[str, ...]) -> dict[str, int]:
     return secagg.cohort_index(cohort)
+
+
+@lru_cache(maxsize=8)
+def _ids(text: str) -> tuple[str, ...]:
+    """A round's stored id list (U2, U3: JSON), parsed once per process instead of on every request that checks it
+    (at 10,000 agents one list is ≈ 190 KB of JSON; each agent's input and unmask answer consult it)."""
+    return secagg.shared_ids(tuple(json.loads(text)))
+
+
+def _id_set(text: str) -> frozenset[str]:
+    """The ids of a stored id list as a set (built once per process, :func:`_ids`)."""
+    return secagg.id_set(_ids(text))
 
 
 def _neighbours_of(setup: secagg.RoundSetup, agent_id: str) -> list[str]:
@@ -395,8 +413,14 @@ class Rounds:
             _require_stage(row, "masked_input")
         if not self._member(round_id, agent_id).shared_keys:
             raise Rejection(403, "not_in_u2", "this agent did not share keys in time")
-        u2: list[str] = json.loads(row["u2"])
-        return u2, self.state.inbox(round_id, agent_id)
+        if row["stage"] == "abandoned":
+            _require_stage(row, "masked_input")
+        if self._relay_lost(round_id):
+            raise Rejection(409, "round_abandoned", f"round {round_id} is abandoned: {RELAY_LOST}")
+        u2 = list(_ids(row["u2"]))
+        survivors = _id_set(row["u2"])
+        senders = [a for a in _neighbours_of(_setup(row), agent_id) if a in survivors]
+        return u2, self.state.inbox(round_id, agent_id, senders)
 
     def _load_sum(self, round_id: int, setup: secagg.RoundSetup, u3: list[str]) -> UIntVector:
         """The round's masked total: the checkpoints' partial sums added mod 2^bits; they must hold exactly U3."""
@@ -409,7 +433,7 @@ class Rounds:
         """Add a masked input to this shard's partial sum; the transaction stores only the 'sent' mark."""
         row = self._open_round(round_id, "masked_input")
         member = self._member(round_id, agent_id)
-        if agent_id not in json.loads(row["u2"]):
+        if agent_id not in _id_set(row["u2"]):
             raise Rejection(403, "not_in_u2", "this agent did not share keys in time")
         if member.sent_input:
             raise Rejection(409, "already_submitted", "a masked input was already received from this agent")
@@ -467,6 +491,8 @@ class Rounds:
         if row is None:
             return
         round_id, stage = int(row["round_id"]), str(row["stage"])
+        if stage in RELAY_STAGES and self._relay_lost(round_id):
+            return
         if stage == "advertise" and self.state.count_members(round_id) >= self.config.max_cohort:
             self._close_advertise(round_id)
         elif stage == "share_keys" and self.state.all_shared_keys(round_id):
@@ -476,7 +502,7 @@ class Rounds:
             or self.state.count_members(round_id, shared_keys=1, sent_input=0) == 0
         ):
             self._close_masked_input(round_id)
-        elif stage == "unmask" and self.state.count_members(round_id, unmasked=1) >= len(json.loads(row["u3"])):
+        elif stage == "unmask" and self.state.count_members(round_id, unmasked=1) >= len(_ids(row["u3"])):
             self._finish(round_id)
 
     def survivors(self, round_id: int, agent_id: str) -> tuple[list[str], list[str]]:
@@ -486,20 +512,20 @@ class Rounds:
         if row["u3"] is None:
             _require_stage(row, "unmask")
         self._member(round_id, agent_id)
-        return json.loads(row["u2"]), json.loads(row["u3"])
+        return list(_ids(row["u2"])), list(_ids(row["u3"]))
 
     def post_unmask(self, round_id: int, agent_id: str, b_shares: dict[str, bytes], s_shares: dict[str, bytes]) -> None:
         """Store a survivor's revealed shares after checking it never reveals both secrets of one peer."""
         row = self._open_round(round_id, "unmask")
         member = self._member(round_id, agent_id)
-        u2, u3 = set(json.loads(row["u2"])), set(json.loads(row["u3"]))
+        u2, u3 = _id_set(row["u2"]), _id_set(row["u3"])
         if agent_id not in u3:
             raise Rejection(403, "not_in_u3", "only agents whose masked input arrived take part in unmasking")
         if member.unmasked:
             raise Rejection(409, "already_submitted", "unmask shares already received from this agent")
         if set(b_shares) & set(s_shares):
             raise Rejection(400, "both_secrets_revealed", "never both shares of the same peer")
-        if not set(b_shares) <= u3 or not set(s_shares) <= u2 - u3:
+        if not set(b_shares) <= u3 or not all(v in u2 and v not in u3 for v in s_shares):
             raise Rejection(400, "wrong_owners", "self-mask shares of U3 only, key shares of U2 minus U3 only")
         self.state.add_reveals(round_id, agent_id, b_shares, s_shares)
         # only U3 may answer, and U3 may be fewer than those marked 'sent' (a shard that died held the others)
@@ -553,6 +579,19 @@ class Rounds:
         self._set_stage(round_id, "abandoned", outcome=json.dumps({"abandoned": reason}))
         self.state.delete_sum(round_id)
 
+    def _relay_lost(self, round_id: int) -> bool:
+        """Whether the round's key-share relay was lost (PostgreSQL empties its unlogged relay when it recovers from
+        a crash): the leader then abandons the round — unmasking with shares missing could only fail, or succeed on
+        what happened to survive — and any other replica wakes the leader."""
+        row = self.state.round(round_id)
+        if row is None or str(row["stage"]) not in RELAY_STAGES or self.state.relay_intact(round_id):
+            return False
+        if self.is_leader():
+            self._abandon(round_id, RELAY_LOST)
+        else:
+            self.wake_leader()
+        return True
+
     def _close_advertise(self, round_id: int) -> None:
         cohort = self.state.member_ids(round_id)
         n = len(cohort)
@@ -570,15 +609,20 @@ class Rounds:
             "quantization": {"bits": q.bits, "levels": q.levels, "bound": q.bound},
             "vector_size": self.input_size,
         }
+        self.state.start_relay(round_id)  # nothing relayed yet: a crash before this point lost nothing
         self._set_stage(round_id, "share_keys", setup=json.dumps(setup))
 
     def _close_share_keys(self, round_id: int) -> None:
+        if self._relay_lost(round_id):
+            return
         self._close_with_survivors(round_id, "shared_keys", "agents shared keys", "masked_input", "u2")
 
     def _close_masked_input(self, round_id: int) -> None:
         """Close the masked-input stage across shards (the leader; called again at each tick until it closes): mark
         the round closing, checkpoint this shard, wait until every shard that received inputs checkpointed them all
         or the grace period passed, then U3 = the agents in the checkpoints (see :mod:`sync.coordinator.shards`)."""
+        if self._relay_lost(round_id):
+            return
         key, now = closing_key(round_id), self.clock()
         mark = self.state.meta(key)
         if mark is None:
@@ -609,6 +653,8 @@ class Rounds:
         self._set_stage(round_id, next_stage, **{column: json.dumps(survivors)})
 
     def _finish(self, round_id: int) -> None:
+        if self._relay_lost(round_id):
+            return
         row = self._round(round_id)
         setup = _setup(row)
         u2, u3 = json.loads(row["u2"]), json.loads(row["u3"])

@@ -10,7 +10,10 @@ connection pool). Both give the same answers to the same calls (``tests/sync/tes
 - :meth:`CoordinatorStore.update_round` can be a compare-and-set on the stage (``expect_stage``) and says whether it
   happened;
 - a round that ends (stage ``done`` or ``abandoned``) drops its encrypted and revealed key shares in the same
-  transaction (PostgreSQL keeps them in one partition per round and drops the partitions);
+  transaction (PostgreSQL keeps them in one UNLOGGED partition per round and drops the partitions);
+- the key-share relay may be lost while the rest of the state is not (PostgreSQL empties unlogged tables when it
+  recovers from a crash): :meth:`CoordinatorStore.relay_intact` says whether a round's relay still holds everything
+  relayed since :meth:`CoordinatorStore.start_relay`, and the leader abandons a round whose relay was lost;
 - masked inputs are summed in memory by shards (each coordinator process is one, :mod:`sync.coordinator.shards`):
   accepting an input stores only the member's "sent" mark and the shard holding it (:meth:`CoordinatorStore.add_input`);
   a shard's partial sum is written as a checkpoint row (:meth:`CoordinatorStore.put_partial`), and the round's key
@@ -212,6 +215,15 @@ class CoordinatorStore(Protocol):
 
     # -- shares, inputs, reveals ---------------------------------------------------------------------------------
 
+    def start_relay(self, round_id: int) -> None:
+        """Mark the round's relay as intact: called as the share-keys stage opens, before anything is relayed."""
+        ...
+
+    def relay_intact(self, round_id: int) -> bool:
+        """Whether the round's relay holds everything relayed since :meth:`start_relay` (PostgreSQL: False once a
+        server crash emptied the unlogged relay, or before ``start_relay``; SQLite: always True)."""
+        ...
+
     def add_shares(self, round_id: int, sender: str, shares: dict[str, bytes]) -> None:
         """Store a member's encrypted shares and mark it as having shared keys (atomically)."""
         ...
@@ -220,8 +232,9 @@ class CoordinatorStore(Protocol):
         """Whether every member of the round has shared keys."""
         ...
 
-    def inbox(self, round_id: int, recipient: str) -> dict[str, bytes]:
-        """The shares addressed to ``recipient`` by members that shared keys, by sender."""
+    def inbox(self, round_id: int, recipient: str, senders: Sequence[str]) -> dict[str, bytes]:
+        """The shares addressed to ``recipient`` by those of ``senders`` (its neighbours) that shared keys, by
+        sender."""
         ...
 
     def running_sum(self, round_id: int) -> bytes | None:

@@ -21,7 +21,7 @@ import math
 import os
 import secrets as _secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -89,6 +89,30 @@ def neighbours(cohort_size: int, seed: bytes, degree: int) -> tuple[tuple[int, .
 def cohort_index(cohort: Sequence[str]) -> dict[str, int]:
     """Each cohort member's 0-based index (its Shamir point is the index + 1)."""
     return {agent: i for i, agent in enumerate(cohort)}
+
+
+@lru_cache(maxsize=8)
+def shared_ids(ids: tuple[str, ...]) -> tuple[str, ...]:
+    """``ids`` itself, or an equal tuple seen before: one copy of a round's id list per process.
+
+    A round's cohort, U2 and U3 are lists of up to ``n`` ids that every agent receives; where many agents share one
+    process (the simulation, the benchmarks) keeping one copy per agent made memory grow like n² (≈ 2 MB an agent at
+    10,000). Equality is by content, so what each agent checks is unchanged; the lookup hashes the tuple, O(n).
+    """
+    return ids
+
+
+@lru_cache(maxsize=8)
+def id_set(ids: tuple[str, ...]) -> frozenset[str]:
+    """The ids of a (shared) id list as a frozenset, built once per process for equal lists (see :func:`shared_ids`)."""
+    return frozenset(ids)
+
+
+@lru_cache(maxsize=8)
+def _cohort_facts(cohort: tuple[str, ...]) -> tuple[bool, dict[str, int]]:
+    """(sorted without duplicates, each member's index) of a cohort: computed once per process for equal cohorts.
+    The index is shared: read it, never change it."""
+    return list(cohort) == sorted(set(cohort)), cohort_index(cohort)
 
 
 @dataclass(frozen=True)
@@ -165,8 +189,9 @@ class AgentSession:
         """Verify the cohort, the graph and each neighbour's keys; return an encrypted share pair per neighbour."""
         if setup.round_id != self.round_id:
             raise ProtocolError(f"setup is for round {setup.round_id}, not {self.round_id}")
-        cohort = list(setup.cohort)
-        if cohort != sorted(set(cohort)) or self.agent_id not in cohort:
+        cohort = setup.cohort
+        well_formed, index = _cohort_facts(tuple(cohort))
+        if not well_formed or self.agent_id not in index:
             raise ProtocolError("the cohort list is not sorted, has duplicates, or leaves this agent out")
         if setup.degree != graph_degree(len(cohort)) or setup.threshold != share_threshold(setup.degree):
             raise ProtocolError("the round's graph degree or threshold is not the protocol's")
@@ -175,13 +200,12 @@ class AgentSession:
         q = setup.quantization
         if not 2 <= q.bits <= 32 or q.levels < 1 or q.levels * len(cohort) > (1 << (q.bits - 1)) - 1:
             raise ProtocolError(f"the round's quantization ({q.bits} bits, {q.levels} levels) could wrap its sum")
-        index = cohort_index(cohort)
         expected = {cohort[j] for j in neighbours(len(cohort), setup.seed, setup.degree)[index[self.agent_id]]}
         if {p.agent_id for p in peers} != expected or len(peers) != len(expected):
             raise ProtocolError("the neighbours relayed are not this agent's neighbours in the round graph")
         for peer in peers:
             peer.verify(self.round_id)
-        self.setup = setup
+        self.setup = replace(setup, cohort=shared_ids(tuple(cohort)))  # one copy of the cohort per process
         self.peers = {p.agent_id: p for p in peers}
         order = sorted(self.peers)
         xs = [index[v] + 1 for v in order]
@@ -199,8 +223,8 @@ class AgentSession:
     def masked_input(self, u2: Sequence[str], inbox: Mapping[str, bytes], contribution: NDArray[np.floating]) -> bytes:
         """Decrypt the shares received from U2 neighbours and return the packed masked vector."""
         setup = self._require_setup()
-        survivors = frozenset(u2)
-        if not survivors <= set(setup.cohort) or self.agent_id not in survivors:
+        survivors = id_set(shared_ids(tuple(u2)))
+        if not survivors <= id_set(setup.cohort) or self.agent_id not in survivors:
             raise ProtocolError("U2 is not a subset of the cohort containing this agent")
         if len(survivors) < setup.min_survivors:
             raise ProtocolError(f"only {len(survivors)} agents shared keys; the round needs {setup.min_survivors}")
@@ -233,9 +257,9 @@ class AgentSession:
     def unmask(self, u2: Sequence[str], u3: Sequence[str]) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """(b shares of surviving neighbours, s_sk shares of neighbours that dropped after sharing keys)."""
         setup = self._require_setup()
-        if self.u2 is None or frozenset(u2) != self.u2:
+        if self.u2 is None or id_set(shared_ids(tuple(u2))) != self.u2:
             raise ProtocolError("U2 changed between the masked-input and unmask stages")
-        survived = frozenset(u3)
+        survived = id_set(shared_ids(tuple(u3)))
         if not survived <= self.u2 or self.agent_id not in survived:
             raise ProtocolError("U3 is not a subset of U2 containing this agent (survivor sets may only shrink)")
         if len(survived) < setup.min_survivors:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sync.protocol.masking import Quantization, rotation_seed
-from sync.protocol.secagg import PeerKeys, RoundSetup
+from sync.protocol.secagg import PeerKeys, RoundSetup, shared_ids
 
 STAGES = ("advertise", "share_keys", "masked_input", "unmask", "done", "abandoned")
 TERMINAL = frozenset({"done", "abandoned"})
@@ -90,7 +90,7 @@ def setup_from_json(doc: Mapping[str, Any], *, round_id: int, seed: bytes) -> Ro
     q = doc["quantization"]
     return RoundSetup(
         round_id=round_id,
-        cohort=tuple(doc["cohort"]),
+        cohort=shared_ids(tuple(doc["cohort"])),
         seed=seed,
         degree=int(doc["degree"]),
         threshold=int(doc["threshold"]),

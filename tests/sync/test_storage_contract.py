@@ -120,7 +120,9 @@ def test_members_flags_counts_and_keys(store: CoordinatorStore) -> None:
     assert store.member_ids(0, shared_keys=1) == ["a", "b"]
     assert store.member_ids(0, shared_keys=0) == ["c"]
     assert store.count_members(0, shared_keys=1, sent_input=0) == 2
-    assert store.inbox(0, "c") == {"a": b"a->c", "b": b"b->c"}
+    assert store.inbox(0, "c", ["a", "b"]) == {"a": b"a->c", "b": b"b->c"}
+    assert store.inbox(0, "c", ["b", "zz"]) == {"b": b"b->c"}  # only the senders asked for
+    assert store.inbox(0, "a", ["c"]) == {} and store.inbox(0, "c", []) == {}
     store.add_shares(0, "c", {"a": b"c->a"})
     assert store.all_shared_keys(0)
     assert store.member_counts(0) == (3, 3, 0, 0)
@@ -172,8 +174,8 @@ def test_ending_a_round_drops_its_key_shares_and_only_its_own(store: Coordinator
     assert store.count_rows("shares", 0) == 1 and store.count_rows("reveals", 0) == 1  # not ended: kept
     store.update_round(0, stage=end)
     assert store.count_rows("shares", 0) == 0 and store.count_rows("reveals", 0) == 0
-    assert store.inbox(0, "b") == {} and store.reveals(0) == []
-    assert store.inbox(1, "b") == {"a": b"a->b"} and len(store.reveals(1)) == 1
+    assert store.inbox(0, "b", ["a"]) == {} and store.reveals(0) == []
+    assert store.inbox(1, "b", ["a"]) == {"a": b"a->b"} and len(store.reveals(1)) == 1
     store.forget_shares(1)
     store.forget_shares(1)  # twice is harmless
     assert store.count_rows("shares") == 0 and store.count_rows("reveals") == 0
@@ -225,7 +227,7 @@ def test_the_state_survives_reopening(db_url: str) -> None:
     first.close()
     again = open_store(db_url)  # the schema is created again over existing tables: nothing lost
     try:
-        assert again.member_ids(0, shared_keys=1) == ["a"] and again.inbox(0, "b") == {"a": b"a->b"}
+        assert again.member_ids(0, shared_keys=1) == ["a"] and again.inbox(0, "b", ["a"]) == {"a": b"a->b"}
     finally:
         again.close()
 
