@@ -65,8 +65,11 @@ class CoordinatorConfig:
     """σ: the unmasked sum carries Gaussian noise of standard deviation σ·C per element."""
     weight_cap: float = PrivacyParams.weight_cap
     """n_u at or above this gets the full weight 1."""
-    server_lr: float = 0.1
-    """FedAdam learning rate applied by the coordinator to the unmasked mean delta."""
+    server_lr: float = 0.03
+    """FedAdam learning rate applied by the coordinator to the unmasked mean delta. 0.03, not the first stage's
+    full-cohort 0.1 (``FederatedConfig.server_lr``, which the first-stage runs and ``--via-sync`` pass explicitly): with
+    the small, partly stale cohorts of laptops online part of the day, 0.1 peaks early and then drifts with the noise
+    (README, "Laptops online part of the day, simulated")."""
     max_body_bytes: int = 0
     """Largest request body accepted (0: 4 bytes per vector element + 1 MiB)."""
     eval_weights: str = ""

@@ -141,6 +141,7 @@ class SecureAggregator:
     noise_multiplier: float = 0.0
     _identities: dict[int, Identity] = field(default_factory=dict)
     _pending: list[tuple[int, FloatArray, float]] = field(default_factory=list)
+    _factors: dict[int, float] = field(default_factory=dict)  # agent -> weight factor of this round (default 1)
     _round: int = -1
     _registered: set[int] = field(default_factory=set)
 
@@ -154,12 +155,18 @@ class SecureAggregator:
         """Start collecting this round's contributions."""
         self._round = round_id
         self._pending = []
+        self._factors = {}
         self._vector_size = vector_size
 
-    def submit(self, agent_id: int, delta: FloatArray, weight: float) -> None:
-        """Keep one agent's delta and weight until :meth:`finish` runs the protocol (it stays on this 'device')."""
+    def submit(self, agent_id: int, delta: FloatArray, weight: float, *, factor: float = 1.0) -> None:
+        """Keep one agent's delta and weight until :meth:`finish` runs the protocol (it stays on this 'device');
+        ``factor`` ∈ [0, 1] scales its weight inside the masked vector (``AgentClient.take_part``), e.g. the
+        staleness weight of an update trained from an older version."""
         if delta.shape != (self._vector_size,):
             raise ValueError(f"delta has shape {delta.shape}, expected ({self._vector_size},)")
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"the weight factor must lie in [0, 1], got {factor}")
+        self._factors[agent_id] = float(factor)
         self._pending.append((agent_id, np.asarray(delta, dtype=np.float32), float(weight)))
 
     def finish(self) -> FloatArray | None:
@@ -190,7 +197,9 @@ class SecureAggregator:
             start = time.perf_counter()
             outcomes = await asyncio.gather(
                 *(
-                    clients[a].take_part(d, w, timeout=self.timeout, drop_after_shares=a in dropped)
+                    clients[a].take_part(
+                        d, w, timeout=self.timeout, drop_after_shares=a in dropped, factor=self._factors.get(a, 1.0)
+                    )
                     for a, d, w in self._pending
                 ),
                 return_exceptions=True,

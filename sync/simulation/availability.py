@@ -25,7 +25,9 @@ update and trains again at a later firing.
 **A round.** The cohort is every agent checking in at the slot. Below :func:`sync.protocol.rules.fewest_to_start`
 (``min_cohort``) the round is abandoned and the agents keep their updates; otherwise their deltas go through the
 aggregator — :class:`sync.simulation.aggregator.SecureAggregator` over a real coordinator in ``scripts/simulate.py``
-— and the server's FedAdam steps the newest version with the mean (which the coordinator also publishes). Each
+— and the server's FedAdam steps the newest version with the mean (which the coordinator also publishes). With
+``staleness_exponent`` > 0 an update ``s`` versions behind weighs ``(1 + s)^-a`` (the agent's weight factor, inside
+the masked vector); off by default: it divides the same noise by a smaller total weight (README). Each
 agent whose input was unmasked records a released participation in its own ledger (time, noise multiplier), which
 its spacing and budget rules read from then on.
 """
@@ -256,8 +258,15 @@ class AvailabilityConfig:
     """How long local training at low priority takes, uniform in this range of simulated hours."""
     max_stale: int = 2
     """How many versions behind the newest an update may be based and still contribute."""
+    staleness_exponent: float = 0.0
+    """An update ``s`` versions behind weighs ``(1 + s) ** -staleness_exponent`` of a fresh one (the polynomial
+    staleness weight of FedAsync/FedBuff; 0: all equal). The agent applies it as its weight factor."""
     min_cohort: int = rules.MIN_COHORT
     seed: int = 0
+
+    def staleness_weight(self, behind: int) -> float:
+        """The weight factor in (0, 1] of an update trained ``behind`` versions before the round's base."""
+        return float((1.0 + max(behind, 0)) ** -self.staleness_exponent)
 
     @property
     def slot_s(self) -> float:
@@ -283,8 +292,8 @@ class AvailabilityConfig:
     def __post_init__(self) -> None:
         if self.days <= 0 or self.rounds_per_day < 1:
             raise AvailabilityError("need days > 0 and at least one round slot per day")
-        if self.min_days_between < 0 or self.max_stale < 0 or self.min_cohort < 1:
-            raise AvailabilityError("min_days_between and max_stale must be ≥ 0, min_cohort ≥ 1")
+        if self.min_days_between < 0 or self.max_stale < 0 or self.min_cohort < 1 or self.staleness_exponent < 0:
+            raise AvailabilityError("min_days_between, max_stale and staleness_exponent must be ≥ 0, min_cohort ≥ 1")
         low, high = self.train_hours
         if not 0 <= low <= high:
             raise AvailabilityError(f"train_hours must satisfy 0 ≤ low ≤ high, not {self.train_hours}")
@@ -331,6 +340,7 @@ class AvailabilityRun:
     noise_multiplier: float
     local_private_valid: dict[str, float]
     history: list[dict[str, Any]] = field(default_factory=list)
+    local_private_final: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Rounds, participations against the cap, staleness, quality and ε per agent (JSON-ready)."""
@@ -360,6 +370,7 @@ class AvailabilityRun:
             "quality_final": self.final_valid,
             "quality_selected": self.selected_valid | {"round": self.selected_round},
             "quality_selected_local_private": self.local_private_valid,
+            "quality_final_local_private": self.local_private_final,
             "noise_multiplier": self.noise_multiplier,
             "epsilon_per_agent_year": _json_spread(self.epsilons) | {"delta": DEFAULT_DELTA, "window_days": days},
             "epsilon_per_agent_year_projected": _json_spread(projected) | {"participations_per_year": yearly},
@@ -397,8 +408,8 @@ def simulate_availability(
 ) -> AvailabilityRun:
     """Run the agents ``users`` (agent i has ``traces[i]``) through the slots of ``config`` (see the module
     docstring); the validation quality after every completed round, the per-agent participations and ε. With
-    ``local_private``, also the quality of the selected version after every agent retrains its private vector on
-    it (:func:`local_private_quality`; empty without)."""
+    ``local_private``, also the quality of the selected and of the final version after every agent retrains its
+    private vector on it (:func:`local_private_quality`; empty without)."""
     cohort_users = sorted(split.users) if users is None else list(users)
     if len(traces) < len(cohort_users):
         raise AvailabilityError(f"{len(traces)} traces for {len(cohort_users)} agents")
@@ -489,7 +500,11 @@ def simulate_availability(
         for i in cohort:
             held = pending[i]
             assert held is not None
-            aggregator.submit(cohort_users[i], held.delta, held.weight)
+            factor = config.staleness_weight(version - held.base_version)
+            if isinstance(aggregator, SecureAggregator):  # the agent scales its weight inside the masked vector
+                aggregator.submit(cohort_users[i], held.delta, held.weight, factor=factor)
+            else:
+                aggregator.submit(cohort_users[i], held.delta, held.weight * factor)
         mean = aggregator.finish()
         if mean is None:
             record.reason = "coordinator"
@@ -539,6 +554,7 @@ def simulate_availability(
         trainings=trainings,
         noise_multiplier=noise_multiplier,
         history=history,
+        local_private_final=local_private_quality(shared, eval_split, text_vectors, federated) if local_private else {},
     )
 
 

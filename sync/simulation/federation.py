@@ -78,7 +78,7 @@ class AuditConfig:
     max_dropout: float = rules.COORDINATOR_MAX_DROPOUT
     holdout_negatives: int = 99  # items the agent's local quality check ranks its held-out item against
     seed: int = 0
-    phi_size: int = 0  # φ_g values carried after θ_g (a zero delta: agents do not train φ_g yet); needs privacy.parts
+    phi_size: int = 0  # φ_g values carried after θ_g (zero deltas: simulated agents train no φ_g); needs privacy.parts
     rotate: bool = False  # quantize as the coordinator does: rotated, within the upload budget (rules)
     max_input_bytes: int = rules.SYNC_INPUT_BYTES  # that budget for one packed masked vector (with ``rotate``)
 

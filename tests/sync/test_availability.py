@@ -128,6 +128,9 @@ def test_cohorts_over_a_real_coordinator_follow_the_device_rules(ml100k: Any) ->
         run.epsilons[run.participations.index(most)], rel=1e-9
     )
     assert summary["quality_final"]["NDCG@10"] > 0
+    # after the run every agent retrains its private vector on its device: measured on the final version too
+    assert summary["quality_final_local_private"]["NDCG@10"] > 0
+    assert summary["quality_final_local_private"] != summary["quality_final"]
 
 
 def test_the_budget_and_battery_rules_stop_participation(ml100k: Any) -> None:
@@ -171,3 +174,46 @@ def test_the_device_rules_are_one_function() -> None:
     assert AvailabilityConfig(days=21, rounds_per_day=4).cap() == 3
     assert math.isinf(AvailabilityConfig().epsilon_budget)
     assert np.isclose(AvailabilityConfig(rounds_per_day=4).slot_s, 6 * 3600)
+
+
+class _Recording(WeightedMeanAggregator):
+    """In-process aggregation that remembers every submitted weight, by round and agent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: dict[tuple[int, int], float] = {}
+
+    def submit(self, agent_id: int, delta: Any, weight: float) -> None:
+        self.weights[(self.round_id, agent_id)] = weight
+        super().submit(agent_id, delta, weight)
+
+
+def test_a_stale_update_weighs_less(ml100k: Any) -> None:
+    assert AvailabilityConfig().staleness_weight(3) == 1.0  # off by default: every update weighs the same
+    weighted = AvailabilityConfig(staleness_exponent=1.0)
+    assert [weighted.staleness_weight(s) for s in (0, 1, 2)] == pytest.approx([1.0, 0.5, 1 / 3])
+    with pytest.raises(AvailabilityError, match="staleness_exponent"):
+        AvailabilityConfig(staleness_exponent=-1.0)
+    secure = SecureAggregator("http://127.0.0.1:1")  # the agent's factor rides in its masked weight: within [0, 1]
+    secure.begin_round(0, 3)
+    with pytest.raises(ValueError, match="weight factor"):
+        secure.submit(1, np.zeros(3, dtype=np.float32), 10.0, factor=1.5)
+    split, vectors, users = ml100k
+    runs = []
+    for exponent in (0.0, 1.0):
+        config = AvailabilityConfig(days=2, min_days_between=0.0, min_cohort=2, staleness_exponent=exponent, seed=3)
+        aggregator = _Recording()
+        traces = default_traces(AGENTS, config.days + 1, seed=3)
+        run = simulate_availability(split, vectors, traces, aggregator, config=config, users=users, local_private=False)
+        runs.append((run, aggregator.weights))
+    (plain, plain_weights), (run, weights) = runs
+    # both runs are identical up to the first round with a stale member; there, only the stale weights shrink
+    first = next(r for r in plain.rounds if r.status == "done" and any(b < r.version_before for b in r.bases))
+    same = next(r for r in run.rounds if r.slot == first.slot)
+    assert (same.cohort, same.bases) == (first.cohort, first.bases)
+    for user, base in zip(first.cohort, first.bases, strict=True):
+        behind = first.version_before - base
+        expected = plain_weights[(first.slot, user)] / (1 + behind)
+        assert weights[(first.slot, user)] == pytest.approx(expected)
+    assert any(weights[(first.slot, u)] < plain_weights[(first.slot, u)] for u in first.cohort)
+    assert any(weights[(first.slot, u)] == plain_weights[(first.slot, u)] for u in first.cohort)
