@@ -33,6 +33,7 @@ Example ``config.toml`` (every field is optional)::
     # coordinator_fingerprint = "sha256:…"   # pin the https coordinator's certificate (what its serve prints)
     # coordinator_ca_file = "/path/ca.pem"   # or trust this CA instead of the system trust store
     # insecure_http = false   # true: allow plain http:// to a coordinator on another machine
+    lm_train_seconds = 60.0   # a sync's budget for training the language model's shared adapter (0: send zeros)
 
     [schedule]                # when a scheduled sync (`agent sync --if-eligible`) may take part
     require_ac = true         # only on AC power (an unknown power source counts as AC)
@@ -157,6 +158,10 @@ class SyncPreferences:
     """A PEM file of CA certificates to verify the coordinator with instead of the system trust store."""
     insecure_http: bool = False
     """Allow plain ``http://`` to a coordinator that is not on this machine (``agent sync --insecure-http``)."""
+    lm_train_seconds: float = 60.0
+    """When a round carries the language model's shared adapter φ_g: about how long a sync trains it on this
+    person's lists (model load included; at least one step runs). 0 sends a zero φ_g delta (README, "Both shared
+    adapters on the wire")."""
 
 
 @dataclass(frozen=True)
@@ -294,6 +299,12 @@ def _sync_preferences(raw: object, path: Path) -> SyncPreferences:
         raise ProfileError(f"sync.coordinator_fingerprint in {path}: {error}.") from error
     ca_file = raw.get("coordinator_ca_file", "")
     insecure = raw.get("insecure_http", False)
+    lm_seconds = raw.get("lm_train_seconds", SyncPreferences().lm_train_seconds)
+    if isinstance(lm_seconds, bool) or not isinstance(lm_seconds, int | float) or not 0 <= lm_seconds < float("inf"):
+        raise ProfileError(
+            f"sync.lm_train_seconds in {path} must be a number of seconds ≥ 0, not {lm_seconds!r}.",
+            hint="0 sends a zero delta for the language model's shared adapter; the default is 60.",
+        )
     if not isinstance(pin, str) or not isinstance(ca_file, str) or not isinstance(insecure, bool):
         raise ProfileError(
             f"[sync] in {path}: coordinator_fingerprint and coordinator_ca_file are strings, insecure_http is true "
@@ -305,6 +316,7 @@ def _sync_preferences(raw: object, path: Path) -> SyncPreferences:
         coordinator_fingerprint=pin.strip(),
         coordinator_ca_file=str(Path(ca_file).expanduser()) if ca_file.strip() else "",
         insecure_http=insecure,
+        lm_train_seconds=float(lm_seconds),
     )
 
 

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_wire.py --agents 300 --quality-rounds 8 --json
 
 Every ML-100K user taken (the first ``--agents``) trains locally from the bootstrap shared vector (the first
-stage's real local training); its θ_g delta, a zero φ_g delta (agents do not train φ_g yet) and the round's noise
+stage's real local training); its θ_g delta, a zero φ_g delta (simulated agents train no φ_g) and the round's noise
 share make its contribution, exactly as ``sync.protocol.privacy.prepare_contribution`` builds it. For each option
 the contributions are quantized as the protocol does (secure aggregation's masks cancel exactly in the sum, which
 the sync tests prove, so they are left out here) and the decoded weighted mean is compared with the exact float

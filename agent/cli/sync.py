@@ -94,3 +94,12 @@ def sync_command(
             f"v{blend['measured_version']} from {blend['agents']} agents); in force: {blend['in_force']['weight']:g} "
             f"({blend['in_force']['source']})"
         )
+    lm = summary.get("language_model")
+    if lm:  # the round carried the language model's shared adapter φ_g
+        if lm["trained"]:
+            out.print(
+                f"language model's shared adapter: trained on {lm['lists']} of your lists ({lm['steps']} steps, "
+                f"{lm['seconds']:g} s; their loss {lm['loss_before']:.3f} → {lm['loss_after']:.3f}), its change sent"
+            )
+        else:
+            out.print(f"language model's shared adapter: not trained ({lm['skipped']}), a zero change sent")

@@ -8,8 +8,10 @@ the published shared vector, train shared + private on the profile's own history
 out of this process), send only the shared delta through one secure-aggregation round (rounds offering less noise
 than the budget was checked at are refused), then apply the new shared vector (a new stored version) and the new
 private vector. When the federation also carries the language model's shared adapter φ_g (the published vector is
-θ_g then φ_g), the agent sends a zero φ_g delta (it does not train φ_g yet) and applies the new θ_g and φ_g together
-in one store transaction. The round is recorded in the store's egress ledger whatever happens after joining; on
+θ_g then φ_g), the worker also trains φ_g on the person's listwise lists for ``[sync] lm_train_seconds``
+(:mod:`agent.engine.shared_lora`) and its delta follows θ_g's in the one masked vector (zeros, and the summary's
+``language_model`` says why, when the profile forms no list); the new θ_g and φ_g are applied together in one store
+transaction. The round is recorded in the store's egress ledger whatever happens after joining; on
 any failure nothing is applied.
 
 When the coordinator runs federated evaluation (its rounds carry an evaluation plan, ``sync.protocol.evaluation``),
@@ -256,17 +258,24 @@ def sync_profile(
         def compute_delta(shared: NDArray[np.float32]) -> tuple[NDArray[np.floating], float]:
             theta, phi = split_shared(shared, template.size, profile.catalog.name)
             np.save(work / "shared.npy", theta.astype(np.float32))
-            report(0.15, "training shared + private locally (worker process)")
-            result = run_training(
-                passphrase=passphrase, args=("sync-train", str(work / "shared.npy"), str(work / "out"))
-            )
+            args: tuple[str, ...] = ("sync-train", str(work / "shared.npy"), str(work / "out"))
+            lm_seconds = 0.0
+            if phi is not None:
+                np.save(work / "phi.npy", phi.astype(np.float32))
+                args += (str(work / "phi.npy"),)
+                lm_seconds = load_settings().sync.lm_train_seconds
+                report(0.15, "training shared + private and the language model's shared adapter (worker process)")
+            else:
+                report(0.15, "training shared + private locally (worker process)")
+            result = run_training(passphrase=passphrase, args=args, timeout=600.0 + lm_seconds)
             trained.update(result)
             trained["private"] = np.load(work / "out" / "private.npy", allow_pickle=False)
             trained["theta"] = theta
             on_stage("trained", {"n_examples": result["n_examples"]})
             delta = np.load(work / "out" / "shared_delta.npy", allow_pickle=False)
-            if phi is not None:  # φ_g is not trained on the agent yet: its part of the delta is zero
-                delta = np.concatenate([delta, np.zeros(phi.size, dtype=delta.dtype)])
+            if phi is not None:  # θ_g's delta, then φ_g's (zeros when the worker did not train it)
+                phi_delta = np.load(work / "out" / "phi_delta.npy", allow_pickle=False)
+                delta = np.concatenate([delta, phi_delta.astype(delta.dtype)])
             return delta, float(result["n_examples"])
 
         def on_stage(stage: str, info: dict[str, Any]) -> None:
@@ -344,6 +353,7 @@ def sync_profile(
         "delta": entry.delta,
         "privacy_budget": privacy_budget(store).as_dict(),
         "n_examples": int(trained.get("n_examples", 0)),
+        "language_model": trained.get("language_model"),
         "published": published,
         "coordinator": url,
     }

@@ -1,5 +1,6 @@
 """The local training worker: ``python -m agent.engine.worker train`` retrains the private adapter, in its own process;
-``python -m agent.engine.worker sync-train SHARED.npy OUT_DIR`` trains for a sync (see :func:`train_for_sync`).
+``python -m agent.engine.worker sync-train SHARED.npy OUT_DIR [PHI.npy]`` trains for a sync (see :func:`train_for_sync`;
+with ``PHI.npy``, the language model's shared adapter too: :mod:`agent.engine.shared_lora`).
 
 The app (CLI and TUI) never imports torch; it runs this module as a subprocess (:func:`agent.engine.jobs.run_training`).
 The private first-stage vector θ_u is trained from zero, with the shared adapter frozen (learning rate 0 for θ_g),
@@ -27,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from numpy.typing import NDArray
 
 from agent.engine.private_lora import train_private_lora
 from agent.engine.profile import Profile
+from agent.engine.shared_lora import train_shared_lora
 from agent.errors import ProfileError
 from agent.settings import load_settings, passphrase_from_env
 from agent.store.profile_store import ProfileStore
@@ -45,6 +47,10 @@ from models.firststage.recipe import FederatedConfig
 from models.firststage.scorer import FirstStageScorer, PrivateParams
 from models.firststage.training import local_train
 from models.types import IntArray
+from sync.protocol.rules import SYNC_PHI_SIZE
+
+if TYPE_CHECKING:
+    from models.fm.torch_model import TorchFM
 
 
 @dataclass(frozen=True)
@@ -136,6 +142,7 @@ def train_profile(store: ProfileStore, config: PrivateTrainConfig = PrivateTrain
 
 SYNC_DELTA_FILE = "shared_delta.npy"
 SYNC_PRIVATE_FILE = "private.npy"
+SYNC_PHI_DELTA_FILE = "phi_delta.npy"
 
 
 def _atomic_save(path: Path, array: NDArray[np.float32]) -> None:
@@ -144,7 +151,9 @@ def _atomic_save(path: Path, array: NDArray[np.float32]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dict[str, float | int]:
+def train_for_sync(
+    store: ProfileStore, shared_path: Path, out_dir: Path, phi_path: Path | None = None, *, fm: TorchFM | None = None
+) -> dict[str, Any]:
     """Train shared + private on this profile's liked items, starting from the coordinator's shared vector.
 
     Reads the shared vector (``.npy``) the sync client fetched and verified, runs
@@ -152,6 +161,11 @@ def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dic
     objective), and writes the new shared *delta* (:data:`SYNC_DELTA_FILE`) and the new private vector
     (:data:`SYNC_PRIVATE_FILE`) to ``out_dir``, each atomically. The store is not changed: the caller applies the
     private vector once the round succeeded.
+
+    With ``phi_path`` (the round carries the language model's shared adapter φ_g: its fetched trainable values), φ_g
+    is trained too (:func:`agent.engine.shared_lora.train_shared_lora`, for ``[sync] lm_train_seconds``, on lists
+    ranked by the fetched θ_g and the new private vector) and its delta is written to :data:`SYNC_PHI_DELTA_FILE`
+    (zeros when it is skipped; the result's ``language_model`` says why). ``fm``: a loaded torch model to use.
     """
     started = time.perf_counter()
     profile = Profile.load(store)
@@ -178,22 +192,38 @@ def train_for_sync(store: ProfileStore, shared_path: Path, out_dir: Path) -> dic
         )
         delta = result.shared.to_vector() - vector
         private, n_examples, loss = result.private, result.n_examples, result.mean_loss
+    out: dict[str, Any] = {}
+    phi_delta: NDArray[np.float32] | None = None
+    if phi_path is not None:
+        phi = np.load(phi_path, allow_pickle=False).astype(np.float32).ravel()
+        if phi.shape != (SYNC_PHI_SIZE,):
+            raise ProfileError(
+                f"The coordinator's language-model adapter has {phi.size} values; this agent's has {SYNC_PHI_SIZE}."
+            )
+        scorer = FirstStageScorer(shared, profile.text_vectors)
+        seconds = load_settings().sync.lm_train_seconds
+        phi_delta, out["language_model"] = train_shared_lora(
+            store, profile.catalog, scorer, private, liked, phi, seconds, fm=fm
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_save(out_dir / SYNC_DELTA_FILE, delta)
     _atomic_save(out_dir / SYNC_PRIVATE_FILE, private.user_vector)
+    if phi_delta is not None:
+        _atomic_save(out_dir / SYNC_PHI_DELTA_FILE, phi_delta)
     return {
         "n_examples": n_examples,
         "loss": round(loss, 5),
         "seconds": round(time.perf_counter() - started, 3),
         "delta_norm": round(float(np.linalg.norm(delta)), 5),
+        **out,
     }
 
 
 def main(argv: list[str]) -> int:
     """``train``: retrain the private adapter of the profile in the data folder (PERSONA_HOME honoured);
-    ``sync-train SHARED.npy OUT_DIR``: train for a sync (:func:`train_for_sync`)."""
-    if not (argv == ["train"] or (len(argv) == 3 and argv[0] == "sync-train")):
-        print("usage: python -m agent.engine.worker train | sync-train SHARED.npy OUT_DIR", file=sys.stderr)
+    ``sync-train SHARED.npy OUT_DIR [PHI.npy]``: train for a sync (:func:`train_for_sync`)."""
+    if not (argv == ["train"] or (len(argv) in (3, 4) and argv[0] == "sync-train")):
+        print("usage: python -m agent.engine.worker train | sync-train SHARED.npy OUT_DIR [PHI.npy]", file=sys.stderr)
         return 2
     os.nice(10)  # background work: the UI that started it keeps the CPU when both want it
     try:
@@ -201,7 +231,11 @@ def main(argv: list[str]) -> int:
         if ProfileStore.is_encrypted_at() and not passphrase:
             raise ProfileError("The training worker needs PERSONA_PASSPHRASE for an encrypted profile.")
         with ProfileStore.open(passphrase=passphrase) as store:
-            result = train_profile(store) if argv == ["train"] else train_for_sync(store, Path(argv[1]), Path(argv[2]))
+            if argv == ["train"]:
+                result = train_profile(store)
+            else:
+                phi_path = Path(argv[3]) if len(argv) == 4 else None
+                result = train_for_sync(store, Path(argv[1]), Path(argv[2]), phi_path)
     except PersonaError as error:
         print(f"{error.title}: {error}", file=sys.stderr)
         return 1

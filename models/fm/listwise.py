@@ -33,6 +33,7 @@ position only and reads the 20 letter values of that row. Torch-free at import: 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -179,23 +180,36 @@ def training_lists(
         raise ValueError(f"a list holds 1 to {LIST_SIZE} candidates, got k={config.k}")
     out: list[ListExample] = []
     for user in users:
-        train = split.users[user].train
-        if len(train) < 2:
+        out.extend(sequence_lists(int(user), split.users[user].train, split.n_items, score_all, config))
+    return out
+
+
+def sequence_lists(
+    user: int, train: IntArray, n_items: int, score_all: ScoreAllFn, config: ListwiseConfig
+) -> list[ListExample]:
+    """One user's training lists from their own training sequence (oldest first; an agent's liked items in time
+    order): the last ``config.lists_per_user`` items, each after the items before it, latest first. Nothing else
+    about the user is read. Fewer than two items give no list."""
+    if not 1 <= config.k <= LIST_SIZE:
+        raise ValueError(f"a list holds 1 to {LIST_SIZE} candidates, got k={config.k}")
+    train = np.asarray(train, dtype=np.int64)
+    out: list[ListExample] = []
+    if len(train) < 2:
+        return out
+    rng = np.random.default_rng([config.seed, int(user), 23])
+    outside = np.setdiff1d(np.arange(n_items), train)
+    for back in range(1, min(config.lists_per_user, len(train) - 1) + 1):
+        history = train[: len(train) - back]
+        target = int(train[len(train) - back])
+        negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
+        candidates = np.concatenate([[target], negatives]).astype(np.int64)
+        scores = np.asarray(score_all(user, history), dtype=np.float64)[candidates]
+        top = np.argsort(-scores, kind="stable")[: config.k]
+        where = np.flatnonzero(top == 0)
+        slot = int(where[0]) if len(where) else None
+        if slot is None and config.skip_missing:
             continue
-        rng = np.random.default_rng([config.seed, int(user), 23])
-        outside = np.setdiff1d(np.arange(split.n_items), train)
-        for back in range(1, min(config.lists_per_user, len(train) - 1) + 1):
-            history = train[: len(train) - back]
-            target = int(train[len(train) - back])
-            negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-            candidates = np.concatenate([[target], negatives]).astype(np.int64)
-            scores = np.asarray(score_all(user, history), dtype=np.float64)[candidates]
-            top = np.argsort(-scores, kind="stable")[: config.k]
-            where = np.flatnonzero(top == 0)
-            slot = int(where[0]) if len(where) else None
-            if slot is None and config.skip_missing:
-                continue
-            out.append(ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot))
+        out.append(ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot))
     return out
 
 
@@ -230,20 +244,30 @@ def cache_lists(
     config: ListwiseConfig,
     *,
     progress: Progress | None = None,
+    deadline: float | None = None,
 ) -> CachedLists:
     """Run the model once over the lists' prompts (adapters attached now are baked into the cached inputs of
-    ``first_layer``; those on ``first_layer`` and above are not) and keep what training and scoring need."""
+    ``first_layer``; those on ``first_layer`` and above are not) and keep what training and scoring need.
+
+    With a ``deadline`` (a :func:`time.monotonic` time), no batch after the first starts unless it would end before
+    the deadline at the pace of the one before: the lists are cached in the given order, so the first ones are
+    kept."""
     if not lists:
         raise ValueError("no training lists")
     sizes = {len(lst.items) for lst in lists}
     if len(sizes) != 1:
         raise ValueError(f"training lists must all hold the same number of candidates, got sizes {sorted(sizes)}")
     out = CachedLists([], [], [], builder.letters[: sizes.pop()], first_layer)
+    took = 0.0
     for start in range(0, len(lists), config.batch):
+        if start and deadline is not None and time.monotonic() + took > deadline:
+            break
+        began = time.monotonic()
         chunk = lists[start : start + config.batch]
         out.caches.append(fm.cache_top([builder.prompt(lst.history, lst.items.tolist()) for lst in chunk], first_layer))
         out.targets.append([-1 if lst.target is None else lst.target for lst in chunk])
         out.teachers.append(np.stack([teacher_logits(lst.first, config.tau) for lst in chunk]))
+        took = time.monotonic() - began
         if progress is not None:
             progress("listwise_cache", {"lists": min(start + config.batch, len(lists)), "of": len(lists)})
     return out
@@ -286,3 +310,81 @@ def cached_scores(fm: TorchFM, cached: CachedLists) -> NDArray[np.float32]:
     with torch.no_grad():
         parts = [fm.top_letter_logits(cache, cached.letters).numpy() for cache in cached.caches]
     return np.concatenate(parts).astype(np.float32)
+
+
+def cached_loss(fm: TorchFM, cached: CachedLists, lam: float) -> float:
+    """The mean listwise loss (:func:`~models.fm.torch_model.listwise_loss`: CE + ``lam`` · KL) of the cached lists
+    with the adapters attached now, without gradients."""
+    # torch: the caller already runs the torch model
+    import torch
+
+    from models.fm.torch_model import listwise_loss
+
+    total = 0.0
+    with torch.no_grad():
+        for cache, targets, teacher in zip(cached.caches, cached.targets, cached.teachers, strict=True):
+            logits = fm.top_letter_logits(cache, cached.letters)
+            target = torch.tensor(targets, dtype=torch.long)
+            loss = listwise_loss(logits, target, torch.as_tensor(teacher, dtype=torch.float32), lam)
+            total += float(loss) * len(targets)
+    return total / len(cached)
+
+
+@dataclass(frozen=True)
+class BudgetedTraining:
+    """What :func:`train_listwise_for` did: the trained adapter, the mean loss of the cached lists before and after
+    (:func:`cached_loss`), and how many epochs (the last one may be partial) and optimizer steps it ran."""
+
+    weights: LoraWeights
+    loss_before: float
+    loss_after: float
+    epochs: int
+    steps: int
+
+
+def train_listwise_for(
+    fm: TorchFM,
+    name: str,
+    weights: LoraWeights,
+    cached: CachedLists,
+    config: ListwiseConfig,
+    *,
+    deadline: float,
+    max_epochs: int,
+) -> BudgetedTraining:
+    """Train adapter ``name`` from ``weights`` on cached lists like :func:`train_listwise_adapter` (Adam, one step
+    per cached batch, the loss of :func:`~models.fm.torch_model.listwise_loss`), for at most ``max_epochs`` epochs,
+    starting no step that would not end before ``deadline`` (:func:`time.monotonic`) at the pace of the one before —
+    but at least one step. The adapter is left attached (trainable); other attached adapters stay frozen."""
+    if weights.spec.layers[0] < cached.first_layer:
+        raise ValueError(f"adapter starts at layer {weights.spec.layers[0]}, below the cache's {cached.first_layer}")
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be ≥ 1, got {max_epochs}")
+    # torch: the caller already runs the torch model
+    import torch
+
+    from models.fm.torch_model import listwise_loss
+
+    fm.attach(name, weights, trainable=True)
+    before = cached_loss(fm, cached, config.lam)
+    optimizer = torch.optim.Adam(fm.trainable(name), lr=config.lr)
+    data = [
+        (cache, torch.tensor(targets, dtype=torch.long), torch.as_tensor(teacher, dtype=torch.float32))
+        for cache, targets, teacher in zip(cached.caches, cached.targets, cached.teachers, strict=True)
+    ]
+    steps = epochs = 0
+    took = 0.0
+    while epochs < max_epochs and (steps == 0 or time.monotonic() + took <= deadline):
+        epochs += 1
+        for cache, target, teacher in data:
+            if steps and time.monotonic() + took > deadline:
+                break
+            began = time.monotonic()
+            loss = listwise_loss(fm.top_letter_logits(cache, cached.letters), target, teacher, config.lam)
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            steps += 1
+            took = time.monotonic() - began
+    after = cached_loss(fm, cached, config.lam)
+    return BudgetedTraining(fm.read(name, weights), before, after, epochs, steps)

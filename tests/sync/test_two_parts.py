@@ -277,13 +277,19 @@ def test_agent_sync_sends_both_parts_and_applies_the_new_pair_together(
 
     monkeypatch.delenv("PERSONA_COORDINATOR_URL", raising=False)
     paths.config_dir().mkdir(parents=True, exist_ok=True)  # ML-100K's σ is beyond the default yearly budget
-    (paths.config_dir() / "config.toml").write_text("[sync]\nepsilon_budget = inf\n", encoding="utf-8")
+    # lm_train_seconds 1: φ_g trains on the smallest budget (one batch of lists, one step; the default is 60 s)
+    (paths.config_dir() / "config.toml").write_text(
+        "[sync]\nepsilon_budget = inf\nlm_train_seconds = 1\n", encoding="utf-8"
+    )
     runner = CliRunner()
     for item in ("Toy Story", "Aladdin", "The Lion King (1994)"):
         assert runner.invoke(app, ["rate", item, "like", "--no-train"]).exit_code == 0
     with ProfileStore.open() as store:
         initial = Profile.load(store).shared.to_vector()
-    config = _config(tmp_path, vector_size=initial.size, min_cohort=3, target_cohort=3, weight_cap=4.0)
+    # the agent loads the language model before it checks in: a generous advertise stage for a busy machine
+    config = _config(
+        tmp_path, vector_size=initial.size, min_cohort=3, target_cohort=3, weight_cap=4.0, advertise_s=300.0
+    )
     with serve_in_thread(Coordinator(config, initial=initial)) as url:
 
         async def others() -> list[RoundResult]:
@@ -302,7 +308,12 @@ def test_agent_sync_sends_both_parts_and_applies_the_new_pair_together(
         thread.join(timeout=180)
         assert result.exit_code == 0, result.output
         published = np.frombuffer(httpx.get(f"{url}{API}/shared/1").content, dtype="<f4")
-    assert json.loads(result.stdout)["version"] == 1 and len(results) == 2
+    summary = json.loads(result.stdout)
+    assert summary["version"] == 1 and len(results) == 2
+    # the agent trained φ_g on its 2 lists (3 liked items) and sent a nonzero φ part (the worker's own report)
+    lm = summary["language_model"]
+    assert lm["trained"] and lm["lists"] == 2 and lm["steps"] >= 1 and lm["delta_norm"] > 0, lm
+    assert lm["loss_after"] < lm["loss_before"], lm
     assert results[0].privacy.parts[1] == Part(PHI, rules.SYNC_PHI_SIZE, rules.SYNC_CLIP_PHI)
     with ProfileStore.open() as store:
         shared, lora = store.load_shared(), store.load_shared_lora()
