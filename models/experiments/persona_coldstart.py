@@ -16,7 +16,7 @@ from models.data.catalog import Catalog
 from models.data.split import Split
 from models.evaluation.protocols import COLDSTART_KS, coldstart_cut, coldstart_users
 from models.experiments.persona import PersonaConfig, rerank_job, shared_adapter_folder, train_stages
-from models.experiments.persona_rerank import rerank_all, summaries
+from models.experiments.persona_rerank import Reranking, summaries
 from models.firststage.fit import cold_private_model
 from models.firststage.recipe import FederatedConfig
 from models.types import FloatArray, Progress
@@ -49,7 +49,8 @@ def evaluate_persona_coldstart(
     valid: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {"first_stage_metrics": {}, "base_fm": {}, "shared_only": {}, "blend_weight": {}}
     clock = time.perf_counter()
-    with shared_adapter_folder(shared, "persona-cold-") as folder:
+    # one set of models for every k (with one worker; a pool per k otherwise): only the users' data changes
+    with shared_adapter_folder(shared, "persona-cold-") as folder, Reranking(workers) as reranking:
         for k in COLDSTART_KS:
             cut = coldstart_cut(split, cold, k)
             cold_model = cold_private_model(first.shared, cut, text_vectors, federated)
@@ -65,7 +66,7 @@ def evaluate_persona_coldstart(
                 valid_users=set(cold),
                 test_users=set(cold),
             )
-            results = rerank_all(job, cold, workers, progress)
+            results = reranking.run(job, cold, progress)
             report, first_test, _ = summaries(results, job.variants, ())
             final = report[job.variants[-1]]
             key = f"k={k}"

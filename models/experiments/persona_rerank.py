@@ -122,6 +122,23 @@ class _Reranker:
     def close(self) -> None:
         self.served.close()
 
+    def serves(self, job: RerankJob) -> bool:
+        """Whether this process's models fit ``job`` as loaded: same catalog, shared adapter, threads, ``rerank_k``
+        and private training (jobs that differ only in their users' data, like the cold-start protocol's k)."""
+        old = self.job
+        same = job.shared_gguf == old.shared_gguf and job.threads == old.threads and job.rerank_k == old.rerank_k
+        return same and job.catalog is old.catalog and job.private == old.private
+
+    def rebind(self, job: RerankJob) -> None:
+        """Rerank for ``job`` (which :meth:`serves` must accept) with the models already loaded: only the first
+        stage's scorer is rebuilt. A previous user's private adapter stays loaded but never scores (:meth:`user`)."""
+        if not self.serves(job):
+            raise ValueError("the loaded models do not fit this job")
+        shared, privates = job.first_stage
+        self.score_all = scorer_model(shared, privates, job.text_vectors).score_all
+        self.private_path = Path(job.workdir) / f"private-{os.getpid()}.gguf"
+        self.job = job
+
     def user(self, u: int) -> UserResult:
         """Train ``u``'s private adapter (when measured) and rescore their validation and test candidates."""
         job = self.job
@@ -165,31 +182,61 @@ def _work(users: list[int]) -> list[UserResult]:
     return [_worker.user(u) for u in users]
 
 
+class Reranking:
+    """Rerank workers for one or more jobs in turn (:meth:`run`); close it (or use it as a context manager) after.
+
+    With one worker the models are loaded once and kept for every later job they fit (:meth:`_Reranker.serves`):
+    the cold-start protocol reranks once per k with the same models. With more, each job gets its own pool of
+    spawned processes, as the job is their initial state."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._serial: _Reranker | None = None
+
+    def __enter__(self) -> Reranking:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Free the models kept for the next job."""
+        if self._serial is not None:
+            self._serial.close()
+            self._serial = None
+
+    def run(self, job: RerankJob, users: list[int], progress: Progress | None) -> list[UserResult]:
+        """Every user's results in user order; with more than one worker the users are spread over the processes."""
+        results: list[UserResult] = []
+
+        def tick() -> None:
+            if progress is not None and (len(results) % 50 < 10 or len(results) == len(users)):
+                progress("rerank", {"users": len(results), "of": len(users)})
+
+        if self.workers <= 1:
+            if self._serial is not None and self._serial.serves(job):
+                self._serial.rebind(job)
+            else:
+                self.close()
+                self._serial = _Reranker(job)
+            for u in users:
+                results.append(self._serial.user(u))
+                tick()
+            return results
+        chunks = [users[i : i + 10] for i in range(0, len(users), 10)]
+        with ProcessPoolExecutor(
+            self.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
+        ) as pool:
+            for chunk in pool.map(_work, chunks):
+                results.extend(chunk)
+                tick()
+        return results
+
+
 def rerank_all(job: RerankJob, users: list[int], workers: int, progress: Progress | None) -> list[UserResult]:
     """Every user's results in user order; with ``workers`` > 1 the users are spread over that many processes."""
-    results: list[UserResult] = []
-
-    def tick() -> None:
-        if progress is not None and (len(results) % 50 < 10 or len(results) == len(users)):
-            progress("rerank", {"users": len(results), "of": len(users)})
-
-    if workers <= 1:
-        reranker = _Reranker(job)
-        try:
-            for u in users:
-                results.append(reranker.user(u))
-                tick()
-        finally:
-            reranker.close()
-        return results
-    chunks = [users[i : i + 10] for i in range(0, len(users), 10)]
-    with ProcessPoolExecutor(
-        workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(job,)
-    ) as pool:
-        for chunk in pool.map(_work, chunks):
-            results.extend(chunk)
-            tick()
-    return results
+    with Reranking(workers) as reranking:
+        return reranking.run(job, users, progress)
 
 
 def summaries(
