@@ -6,16 +6,19 @@ takes a transaction-scoped advisory lock first, so transactions that write run o
 sharing the database, as SQLite's ``BEGIN IMMEDIATE`` does for one file. Large blobs (running sums, published vectors)
 are stored uncompressed: they are random bytes, pglz would only burn CPU.
 
-The key-share relay (encrypted shares, revealed shares) lives in one **UNLOGGED** partition per round
-(``shares_r<ID>``, ``reveals_r<ID>``), created with the round and dropped when it ends: it writes no WAL, checkpoints
-skip its dirty pages, and the shares reach the data files only if the background writer or a backend evicts them from
-shared buffers before the round ends (its files still grow page by page, zero-filled, as any table's do:
-``scripts/bench_sync.py`` measures both). It is ephemeral by nature (a round without its shares cannot be
-unmasked), so the one thing to get right is a crash: PostgreSQL empties unlogged tables when it recovers (and a
-promoted standby has them empty). The unlogged table ``relays`` holds one row per round whose relay is intact
-(written as the share-keys stage opens, :meth:`PostgresStore.start_relay`); a crash empties it with the shares, so
-:meth:`PostgresStore.relay_intact` is False for every round that was open, and the leader abandons such a round
-(:mod:`sync.coordinator.rounds`) rather than unmask it with shares missing.
+Everything a round writes per agent — its cohort (``members_r<ID>``: round keys and the "shared keys", "sent input"
+and "unmasked" marks), the key-share relay (``shares_r<ID>``, ``reveals_r<ID>``) — lives in **UNLOGGED** partitions
+of its own, created with the round and dropped when it ends; the shards' partial sums (``partials``), the unmasked
+totals (``sums``) and the nonces agents consumed (``nonces``) are unlogged tables too. None of it writes WAL,
+checkpoints skip its dirty pages, and it reaches the data files only if the background writer or a backend evicts it
+from shared buffers before the round ends (its files still grow page by page, zero-filled, as any table's do:
+``scripts/bench_sync.py`` measures both). What a round writes to the WAL is then what must survive it: its row, the
+published version and the server optimizer's state, not a row per agent. A round's relay is ephemeral by nature (a
+round without its shares cannot be unmasked), so the one thing to get right is a crash: PostgreSQL empties unlogged
+tables when it recovers (and a promoted standby has them empty). The unlogged table ``relays`` holds one row per
+round whose relay is intact (written with the round, :meth:`PostgresStore.add_round`); a crash empties it with the
+rest, so :meth:`PostgresStore.relay_intact` is False for every round that was open, and the leader abandons such a
+round (:mod:`sync.coordinator.rounds`) rather than unmask it with a cohort or shares missing.
 
 :func:`temporary_server` runs a throwaway PostgreSQL on 127.0.0.1 from the machine's own binaries (initdb into a
 temporary folder) for the tests and ``scripts/bench_sync.py --backend postgres``.
@@ -66,7 +69,8 @@ CREATE INDEX IF NOT EXISTS rounds_open ON rounds (round_id) WHERE stage NOT IN (
 CREATE TABLE IF NOT EXISTS members (
     round_id BIGINT NOT NULL, agent_id TEXT NOT NULL, c_pk BYTEA NOT NULL, s_pk BYTEA NOT NULL, key_sig BYTEA NOT NULL,
     shared_keys SMALLINT NOT NULL DEFAULT 0, sent_input SMALLINT NOT NULL DEFAULT 0,
-    unmasked SMALLINT NOT NULL DEFAULT 0, PRIMARY KEY (round_id, agent_id));
+    unmasked SMALLINT NOT NULL DEFAULT 0, shard TEXT, PRIMARY KEY (round_id, agent_id)) PARTITION BY LIST (round_id);
+CREATE UNLOGGED TABLE IF NOT EXISTS nonces (agent_id TEXT PRIMARY KEY, last_nonce BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS shares (
     round_id BIGINT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL, ciphertext BYTEA NOT NULL,
     PRIMARY KEY (round_id, sender, recipient)) PARTITION BY LIST (round_id);
@@ -75,10 +79,9 @@ CREATE UNLOGGED TABLE IF NOT EXISTS relays (round_id BIGINT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS reveals (
     round_id BIGINT NOT NULL, holder TEXT NOT NULL, owner TEXT NOT NULL, kind TEXT NOT NULL, share BYTEA NOT NULL,
     PRIMARY KEY (round_id, holder, owner)) PARTITION BY LIST (round_id);
-CREATE TABLE IF NOT EXISTS sums (round_id BIGINT PRIMARY KEY, total BYTEA NOT NULL);
+CREATE UNLOGGED TABLE IF NOT EXISTS sums (round_id BIGINT PRIMARY KEY, total BYTEA NOT NULL);
 ALTER TABLE sums ALTER COLUMN total SET STORAGE EXTERNAL;
-ALTER TABLE members ADD COLUMN IF NOT EXISTS shard TEXT;
-CREATE TABLE IF NOT EXISTS partials (
+CREATE UNLOGGED TABLE IF NOT EXISTS partials (
     round_id BIGINT NOT NULL, shard TEXT NOT NULL, total BYTEA NOT NULL, agents TEXT NOT NULL,
     n_agents INTEGER NOT NULL, written DOUBLE PRECISION NOT NULL, PRIMARY KEY (round_id, shard));
 ALTER TABLE partials ALTER COLUMN total SET STORAGE EXTERNAL;
@@ -97,8 +100,11 @@ SERVING_LOCK = 0x70657273_6F6E6132  # "persona2": held for its whole life by the
 LEADER_LOCK = 0x70657273_6F6E6133  # "persona3": held by the replica that leads (moves stages, unmasks, publishes)
 KEEPALIVE = "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3"
 ROUND_FIELDS = ("round_id", "stage", "deadline", "seed", "base_version", "setup", "u2", "u3", "outcome", "created")
-PARTITIONED = ("shares", "reveals")
-"""The key-share relay's tables: one UNLOGGED partition per round each."""
+PARTITIONED = ("members", "shares", "reveals")
+"""The round's relay tables (cohort members and their marks, key shares, revealed shares): one UNLOGGED partition per
+round each."""
+UNLOGGED = ("relays", "sums", "partials", "nonces")
+"""Unlogged tables that are not partitioned (a database from before this layout has some of them logged)."""
 CONNECT_TIMEOUT_S = 10
 
 
@@ -136,14 +142,44 @@ class PostgresStore:
         self._listening = threading.Event()
         self._closed = threading.Event()
         with self.transaction(), self._conn() as conn:
-            had_relays = conn.execute("SELECT to_regclass('relays') IS NOT NULL").fetchone()
-            conn.execute(SCHEMA)
-            if had_relays is not None and not had_relays[0]:  # a database from before: its open rounds' relays are
-                # in logged partitions, which a crash left intact
+            self._create_schema(conn)
+
+    @classmethod
+    def _create_schema(cls, conn: psycopg.Connection[Any]) -> None:
+        """Create the tables, and bring a database from before up to this layout without losing an open round."""
+        had_relays = bool(conn.execute("SELECT to_regclass('relays') IS NOT NULL").fetchone()[0])  # type: ignore[index]
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass('members')").fetchone()
+        logged_members = kind is not None and str(kind[0]) == "r"  # before: one logged table for every round
+        if logged_members:
+            conn.execute("ALTER TABLE members RENAME TO members_logged")
+            conn.execute("ALTER INDEX members_pkey RENAME TO members_logged_pkey")
+            conn.execute("ALTER TABLE members_logged ADD COLUMN IF NOT EXISTS shard TEXT")
+        conn.execute(SCHEMA)
+        for table in UNLOGGED:
+            if conn.execute("SELECT relpersistence FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone() == (
+                "p",
+            ):
+                conn.execute(sql.SQL("ALTER TABLE {} SET UNLOGGED").format(sql.Identifier(table)))
+        open_rounds = [
+            int(row[0]) for row in conn.execute("SELECT round_id FROM rounds WHERE stage NOT IN ('done', 'abandoned')")
+        ]
+        for round_id in open_rounds:
+            if not had_relays:  # its relay was in logged partitions, which a crash left intact
+                conn.execute("INSERT INTO relays (round_id) VALUES (%s) ON CONFLICT DO NOTHING", (round_id,))
+            if logged_members:  # its cohort moves to its own partition; a round still advertising arms its mark
+                cls._create_partitions(conn, round_id)
+                columns = "round_id, agent_id, c_pk, s_pk, key_sig, shared_keys, sent_input, unmasked, shard"
                 conn.execute(
-                    "INSERT INTO relays (round_id) SELECT round_id FROM rounds"
-                    " WHERE stage NOT IN ('done', 'abandoned') ON CONFLICT DO NOTHING"
+                    f"INSERT INTO members ({columns}) SELECT {columns} FROM members_logged WHERE round_id = %s",
+                    (round_id,),
                 )
+                conn.execute(
+                    "INSERT INTO relays (round_id) SELECT round_id FROM rounds WHERE round_id = %s"
+                    " AND stage = 'advertise' ON CONFLICT DO NOTHING",
+                    (round_id,),
+                )
+        if logged_members:
+            conn.execute("DROP TABLE members_logged")
 
     # -- connections and transactions ----------------------------------------------------------------------------
 
@@ -300,8 +336,13 @@ class PostgresStore:
     # -- agents --------------------------------------------------------------------------------------------------
 
     def agent(self, agent_id: str) -> tuple[bytes, int] | None:
-        """A registered agent's (public key, last nonce)."""
-        row = self._one("SELECT public_key, last_nonce FROM agents WHERE agent_id = %s", agent_id)
+        """A registered agent's (public key, last nonce): the last nonce consumed (unlogged), else the one it
+        registered with (after a crash emptied the unlogged ``nonces``; see :meth:`set_nonce`)."""
+        row = self._one(
+            "SELECT a.public_key, GREATEST(a.last_nonce, n.last_nonce) FROM agents a"
+            " LEFT JOIN nonces n ON n.agent_id = a.agent_id WHERE a.agent_id = %s",
+            agent_id,
+        )
         return None if row is None else (bytes(row[0]), int(row[1]))
 
     def add_agent(self, agent_id: str, public_key: bytes, nonce: int, registered_at: float) -> None:
@@ -312,8 +353,15 @@ class PostgresStore:
         )
 
     def set_nonce(self, agent_id: str, nonce: int) -> None:
-        """Consume a nonce of the agent."""
-        self._execute("UPDATE agents SET last_nonce = %s WHERE agent_id = %s", (nonce, agent_id))
+        """Consume a nonce of the agent, in the unlogged ``nonces``: one row rewritten per signed write would
+        otherwise put every agent's requests in the WAL. A crash empties it, which reopens the nonces consumed since
+        registration to a replay; every such write is still applied at most once per (round, stage, agent), and the
+        rounds that were open are abandoned (their relay was lost), so a replay changes nothing."""
+        self._execute(
+            "INSERT INTO nonces (agent_id, last_nonce) VALUES (%s, %s)"
+            " ON CONFLICT (agent_id) DO UPDATE SET last_nonce = EXCLUDED.last_nonce",
+            (agent_id, nonce),
+        )
 
     # -- published vectors ---------------------------------------------------------------------------------------
 
@@ -373,7 +421,8 @@ class PostgresStore:
         return None if last is None else int(last)
 
     def add_round(self, round_id: int, deadline: float, seed: bytes, base_version: int, created: float) -> None:
-        """Open a round in the advertise stage, with its own (unlogged) partitions for key shares."""
+        """Open a round in the advertise stage, with its own (unlogged) partitions for its cohort and key shares,
+        and its relay marked intact (:meth:`relay_intact`)."""
         with self.transaction(), self._conn() as conn:
             conn.execute(
                 "INSERT INTO rounds (round_id, stage, deadline, seed, base_version, created)"
@@ -381,10 +430,11 @@ class PostgresStore:
                 (round_id, deadline, seed, base_version, created),
             )
             self._create_partitions(conn, round_id)
+            conn.execute("INSERT INTO relays (round_id) VALUES (%s) ON CONFLICT DO NOTHING", (round_id,))
 
     @staticmethod
     def _create_partitions(conn: psycopg.Connection[Any], round_id: int) -> None:
-        """The round's relay partitions: unlogged, and left alone by autovacuum (insert-only and dropped with the
+        """The round's relay partitions: unlogged, and left alone by autovacuum (short-lived and dropped with the
         round: vacuuming or analysing one would only read it and write its pages out)."""
         for table in PARTITIONED:
             conn.execute(
@@ -480,15 +530,15 @@ class PostgresStore:
     # -- shares, inputs, reveals ---------------------------------------------------------------------------------
 
     def start_relay(self, round_id: int) -> None:
-        """Mark the round's relay as intact (and make sure its partitions exist): called as the share-keys stage
-        opens, before anything is relayed, so a crash during the advertise stage loses nothing."""
+        """Make sure the round's partitions exist and its relay is marked (called as the share-keys stage opens;
+        :meth:`add_round` already did both, so this only re-arms a round created before that was so)."""
         with self.transaction(), self._conn() as conn:
             self._create_partitions(conn, round_id)
             conn.execute("INSERT INTO relays (round_id) VALUES (%s) ON CONFLICT DO NOTHING", (round_id,))
 
     def relay_intact(self, round_id: int) -> bool:
-        """Whether the round's relay holds everything relayed since :meth:`start_relay`: False once a crash of the
-        server emptied the unlogged tables (the round's mark with them), or before ``start_relay``."""
+        """Whether the round's relay (its cohort, key shares, partial sums) holds everything written since the round
+        opened: False once a crash of the server emptied the unlogged tables (the round's mark with them)."""
         return self._one("SELECT 1 FROM relays WHERE round_id = %s", round_id) is not None
 
     def add_shares(self, round_id: int, sender: str, shares: dict[str, bytes]) -> None:
@@ -590,7 +640,8 @@ class PostgresStore:
         return [(str(h), str(o), str(k), bytes(s)) for h, o, k, s in found]
 
     def forget_shares(self, round_id: int) -> None:
-        """Delete a round's encrypted and revealed shares (drop its partitions) and its shards' partial sums."""
+        """Forget a round's relay once it ended: drop its partitions (cohort members, encrypted and revealed shares),
+        its mark and its shards' partial sums (the round's outcome keeps the cohort's counts)."""
         with self.transaction(), self._conn() as conn:
             for table in PARTITIONED:
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_partition(table, round_id)))

@@ -56,8 +56,8 @@ WANTED_KEY = "wanted_round"
 whose pace-steering bookings are its own, knows someone waits for it)."""
 LEADER_CHANNEL = "persona_leader"
 """NOTIFY channel: a replica asks the leader to look at the open round now (everyone answered, or no round is open)."""
-RELAY_STAGES = frozenset({"share_keys", "masked_input", "unmask"})
-"""Stages during which a round needs its key-share relay."""
+RELAY_STAGES = frozenset({"advertise", "share_keys", "masked_input", "unmask"})
+"""Stages during which a round needs its relay (its cohort from the first advertisement on, then its key shares)."""
 RELAY_LOST = (
     "its key shares were lost (the database restarted after a crash and emptied its unlogged relay); "
     "the round cannot be unmasked without them"
@@ -199,10 +199,17 @@ class Rounds:
         return row
 
     def _member(self, round_id: int, agent_id: str) -> Member:
+        """The agent's membership of the round; a 409 if the round ended (PostgreSQL forgets an ended round's cohort)
+        or lost its relay, a 403 if the agent is not in its cohort."""
         member = self.state.member(round_id, agent_id)
-        if member is None:
-            raise Rejection(403, "not_in_cohort", f"agent {agent_id} is not in the cohort of round {round_id}")
-        return member
+        if member is not None:
+            return member
+        row = self._round(round_id)
+        if str(row["stage"]) in TERMINAL:
+            _require_stage(row, "unmask")
+        if self._relay_lost(round_id):
+            raise Rejection(409, "round_abandoned", f"round {round_id} is abandoned: {RELAY_LOST}")
+        raise Rejection(403, "not_in_cohort", f"agent {agent_id} is not in the cohort of round {round_id}")
 
     def current_round(self) -> dict[str, Any]:
         """The open round, else the newest one with ``next_open_at`` (rounds open on the schedule, never here)."""
@@ -218,7 +225,11 @@ class Rounds:
     def round_info(self, round_id: int) -> dict[str, Any]:
         """Public facts about a round (what /status and the long poll show)."""
         row = self._round(round_id)
-        members, shared_keys, inputs, unmasked = self.state.member_counts(round_id)
+        outcome = json.loads(row["outcome"]) if row["outcome"] else {}
+        if "counts" in outcome:  # an ended round: its cohort may be forgotten, its counts are kept here
+            members, shared_keys, inputs, unmasked = outcome["counts"]
+        else:
+            members, shared_keys, inputs, unmasked = self.state.member_counts(round_id)
         info: dict[str, Any] = {
             "round_id": round_id,
             "stage": row["stage"],
@@ -236,8 +247,8 @@ class Rounds:
             **({"evaluation": self.eval_plan.as_json()} if self.eval_plan else {}),
             "stage_seconds": {s: getattr(self.config, a) for s, a in STAGE_SECONDS.items()},
         }
-        if row["outcome"]:
-            info["outcome"] = json.loads(row["outcome"])
+        if outcome:
+            info["outcome"] = outcome
         return info
 
     # -- the schedule and check-in -------------------------------------------------------------------------------
@@ -538,7 +549,8 @@ class Rounds:
         if row["stage"] != "done":
             raise Rejection(409, "not_unmasked", f"round {round_id} is {row['stage']}")
         total = self.state.running_sum(round_id)
-        assert total is not None
+        if total is None:  # PostgreSQL keeps it unlogged: a crash of the server since then emptied it
+            raise Rejection(409, "sum_forgotten", f"the sum of round {round_id} is no longer kept")
         return _setup(row).quantization.decode_sum(np.frombuffer(total, dtype="<u4").astype(np.uint32))
 
     # -- stage transitions ---------------------------------------------------------------------------------------
@@ -568,6 +580,9 @@ class Rounds:
         read in this same transaction), else :class:`StageMoved` rolls back the whole transaction."""
         seconds = getattr(self.config, STAGE_SECONDS[stage]) if stage in STAGE_SECONDS else 0.0
         expect = PREVIOUS_STAGE.get(stage) or str(self._round(round_id)["stage"])
+        if stage in TERMINAL:  # the cohort's counts outlive it (PostgreSQL drops an ended round's cohort)
+            outcome = json.loads(columns.get("outcome") or "{}")
+            columns["outcome"] = json.dumps(outcome | {"counts": list(self.state.member_counts(round_id))})
         if expect in ("done", "abandoned") or not self.state.update_round(
             round_id, expect_stage=expect, stage=stage, deadline=self.clock() + seconds, **columns
         ):
@@ -593,6 +608,8 @@ class Rounds:
         return True
 
     def _close_advertise(self, round_id: int) -> None:
+        if self._relay_lost(round_id):
+            return
         cohort = self.state.member_ids(round_id)
         n = len(cohort)
         if n < rules.fewest_to_start(self.config.min_cohort):
@@ -609,7 +626,7 @@ class Rounds:
             "quantization": {"bits": q.bits, "levels": q.levels, "bound": q.bound},
             "vector_size": self.input_size,
         }
-        self.state.start_relay(round_id)  # nothing relayed yet: a crash before this point lost nothing
+        self.state.start_relay(round_id)  # PostgreSQL armed it when the round opened; SQLite has nothing to arm
         self._set_stage(round_id, "share_keys", setup=json.dumps(setup))
 
     def _close_share_keys(self, round_id: int) -> None:

@@ -10,10 +10,12 @@ connection pool). Both give the same answers to the same calls (``tests/sync/tes
 - :meth:`CoordinatorStore.update_round` can be a compare-and-set on the stage (``expect_stage``) and says whether it
   happened;
 - a round that ends (stage ``done`` or ``abandoned``) drops its encrypted and revealed key shares in the same
-  transaction (PostgreSQL keeps them in one UNLOGGED partition per round and drops the partitions);
-- the key-share relay may be lost while the rest of the state is not (PostgreSQL empties unlogged tables when it
-  recovers from a crash): :meth:`CoordinatorStore.relay_intact` says whether a round's relay still holds everything
-  relayed since :meth:`CoordinatorStore.start_relay`, and the leader abandons a round whose relay was lost;
+  transaction, and may drop its cohort (PostgreSQL keeps both in UNLOGGED partitions per round and drops them; the
+  round's outcome keeps the cohort's counts);
+- a round's relay (its cohort, key shares and partial sums) may be lost while the rest of the state is not
+  (PostgreSQL empties unlogged tables when it recovers from a crash): :meth:`CoordinatorStore.relay_intact` says
+  whether a round's relay still holds everything written since the round opened, and the leader abandons a round
+  whose relay was lost;
 - masked inputs are summed in memory by shards (each coordinator process is one, :mod:`sync.coordinator.shards`):
   accepting an input stores only the member's "sent" mark and the shard holding it (:meth:`CoordinatorStore.add_input`);
   a shard's partial sum is written as a checkpoint row (:meth:`CoordinatorStore.put_partial`), and the round's key
@@ -216,12 +218,13 @@ class CoordinatorStore(Protocol):
     # -- shares, inputs, reveals ---------------------------------------------------------------------------------
 
     def start_relay(self, round_id: int) -> None:
-        """Mark the round's relay as intact: called as the share-keys stage opens, before anything is relayed."""
+        """Make sure the round's relay is marked intact (called as the share-keys stage opens; PostgreSQL marks it
+        when the round opens already)."""
         ...
 
     def relay_intact(self, round_id: int) -> bool:
-        """Whether the round's relay holds everything relayed since :meth:`start_relay` (PostgreSQL: False once a
-        server crash emptied the unlogged relay, or before ``start_relay``; SQLite: always True)."""
+        """Whether the round's relay holds everything written since the round opened (PostgreSQL: False once a
+        server crash emptied the unlogged tables; SQLite: always True)."""
         ...
 
     def add_shares(self, round_id: int, sender: str, shares: dict[str, bytes]) -> None:
@@ -278,7 +281,7 @@ class CoordinatorStore(Protocol):
         ...
 
     def forget_shares(self, round_id: int) -> None:
-        """Delete a round's encrypted and revealed shares and its shards' partial sums."""
+        """Delete a round's encrypted and revealed shares and its shards' partial sums (PostgreSQL: its cohort too)."""
         ...
 
     # -- replicas ------------------------------------------------------------------------------------------------

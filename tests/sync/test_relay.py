@@ -30,8 +30,11 @@ from sync.coordinator.state import SqliteStore
 from sync.protocol import secagg
 from tests.sync.test_shards import CONTRIBUTIONS, IDENTITIES, Cluster, N, _cluster
 
-RELAY = ("shares_r0", "shares_r0_pkey", "reveals_r0", "reveals_r0_pkey", "relays", "relays_pkey")
-LOGGED = ("rounds", "members", "agents", "published", "partials", "sums", "meta")
+RELAY = (
+    *("members_r0", "members_r0_pkey", "shares_r0", "shares_r0_pkey", "reveals_r0", "reveals_r0_pkey"),
+    *("relays", "relays_pkey", "partials", "sums", "nonces"),
+)
+LOGGED = ("rounds", "agents", "published", "meta", "enrollment")
 
 
 def _wal(url: str) -> int:
@@ -45,8 +48,8 @@ def test_the_relay_is_in_unlogged_partitions_and_writes_no_wal_on_postgresql(pos
     store = PostgresStore(postgres_url)
     try:
         store.add_round(0, 100.0, b"seed", 0, 0.0)
-        assert not store.relay_intact(0)  # armed when the share-keys stage opens, not before
-        store.start_relay(0)
+        assert store.relay_intact(0)  # armed as the round opens
+        store.start_relay(0)  # and again as its share-keys stage opens: nothing changes
         assert store.relay_intact(0)
         with psycopg.connect(postgres_url) as conn:
             found = conn.execute("SELECT relname, relpersistence FROM pg_class").fetchall()
@@ -62,14 +65,17 @@ def test_the_relay_is_in_unlogged_partitions_and_writes_no_wal_on_postgresql(pos
         for i, agent in enumerate(agents):  # 40 agents x 39 shares of 180 bytes: 281 KB relayed
             shares = {to: bytes([i]) * 180 for to in agents if to != agent}
             store.add_shares(0, agent, shares)
+            store.set_nonce(agent, i + 1)
             payload += sum(len(blob) for blob in shares.values())
         wal = _wal(postgres_url) - before
-        assert wal < payload / 10, (wal, payload)  # only the members' "shared keys" marks and the commits
+        assert wal < 40 * 200, (wal, payload)  # no share, mark or nonce: only the commits
+        assert store.agent(agents[5]) == (b"k" * 32, 6)  # the nonce consumed, read back
         assert store.inbox(0, agents[0], agents[1:3]) == {agents[1]: b"\x01" * 180, agents[2]: b"\x02" * 180}
         store.update_round(0, stage="abandoned")  # the round ends: its partitions and its mark go
-        assert not store.relay_intact(0) and store.count_rows("shares") == 0
+        assert not store.relay_intact(0) and store.count_rows("shares") == 0 and store.count_rows("members") == 0
         with psycopg.connect(postgres_url) as conn:
-            assert conn.execute("SELECT to_regclass('shares_r0')").fetchone() == (None,)
+            for gone in ("members_r0", "shares_r0", "reveals_r0"):
+                assert conn.execute("SELECT to_regclass(%s)", (gone,)).fetchone() == (None,)
     finally:
         store.close()
 
@@ -85,6 +91,36 @@ def test_a_database_from_before_the_unlogged_relay_keeps_its_open_rounds(postgre
     again = PostgresStore(postgres_url)
     try:
         assert again.relay_intact(1) and not again.relay_intact(0)  # the open round's (logged) relay was kept
+    finally:
+        again.close()
+
+
+def test_a_database_from_before_the_unlogged_cohort_keeps_its_open_rounds_members(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    store.add_round(0, 100.0, b"seed", 0, 0.0)
+    store.add_member(0, "old", b"c", b"s", b"g")
+    store.update_round(0, stage="done")
+    store.add_round(1, 100.0, b"seed", 0, 0.0)
+    store.add_member(1, "a", b"c", b"s", b"g")
+    store.add_input(1, "a", "shard-1")
+    store.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as the schema was before: one logged table
+        conn.execute("CREATE TABLE members_flat AS SELECT * FROM members")
+        conn.execute("DROP TABLE members CASCADE")
+        conn.execute("ALTER TABLE members_flat RENAME TO members")
+        conn.execute("ALTER TABLE members ADD PRIMARY KEY (round_id, agent_id)")
+        conn.execute("ALTER TABLE partials SET LOGGED")
+        conn.execute("DROP TABLE nonces")
+    again = PostgresStore(postgres_url)
+    try:
+        member = again.member(1, "a")
+        assert member is not None and member.sent_input and again.input_shards(1) == {"shard-1": 1}
+        assert again.relay_intact(1)
+        with psycopg.connect(postgres_url) as conn:
+            found = conn.execute("SELECT relname, relkind::text || relpersistence::text FROM pg_class").fetchall()
+        kinds = {str(name): str(kind) for name, kind in found}
+        assert kinds["members"] == "pp" and kinds["members_r1"] == "ru" and kinds["partials"] == "ru"
+        assert "members_logged" not in kinds and kinds["nonces"] == "ru"
     finally:
         again.close()
 
@@ -141,7 +177,8 @@ def test_a_postgresql_crash_empties_the_relay_and_keeps_the_rest(postgres_server
         url = create_database(server_url, "crash")
         store = PostgresStore(url)
         store.add_round(0, 100.0, b"seed", 0, 0.0)
-        store.start_relay(0)
+        store.add_agent("a", b"k", 3, 0.0)
+        store.set_nonce("a", 9)
         store.add_member(0, "a", b"c", b"s", b"g")
         store.add_shares(0, "a", {"b": b"x" * 180})
         store.close()
@@ -150,9 +187,9 @@ def test_a_postgresql_crash_empties_the_relay_and_keeps_the_rest(postgres_server
             again = PostgresStore(url)
             try:
                 row = again.open_round()
-                member = again.member(0, "a")
-                assert row is not None and row["stage"] == "advertise" and member is not None and member.shared_keys
-                assert again.count_rows("shares", 0) == 0 and not again.relay_intact(0)  # the relay is gone
+                assert row is not None and row["stage"] == "advertise" and again.agent("a") == (b"k", 3)  # logged
+                assert again.member(0, "a") is None and again.count_rows("shares", 0) == 0  # the relay is gone,
+                assert not again.relay_intact(0)  # and says so
             finally:
                 again.close()
         finally:
@@ -164,7 +201,8 @@ def test_a_postgresql_crash_empties_the_relay_and_keeps_the_rest(postgres_server
 def _crash(url: str, round_id: int) -> None:
     """What PostgreSQL's crash recovery does to the relay: every unlogged table emptied."""
     with psycopg.connect(url, autocommit=True) as conn:
-        tables = [sql.Identifier(f"{t}_r{round_id}") for t in ("shares", "reveals")] + [sql.Identifier("relays")]
+        tables = [sql.Identifier(f"{t}_r{round_id}") for t in ("members", "shares", "reveals")]
+        tables += [sql.Identifier(name) for name in ("relays", "partials", "sums", "nonces")]
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
 
 
@@ -187,7 +225,7 @@ def _to_masked_input(cluster: Cluster) -> tuple[int, list[secagg.AgentSession]]:
 
 def _assert_abandoned_for_the_relay(cluster: Cluster, round_id: int) -> None:
     info = cluster.coordinator.round_info(round_id)
-    assert info["stage"] == "abandoned" and info["outcome"] == {"abandoned": RELAY_LOST}, info
+    assert info["stage"] == "abandoned" and info["outcome"]["abandoned"] == RELAY_LOST, info
     assert cluster.coordinator.latest().version == 0  # nothing published
     with pytest.raises(Rejection, match="abandoned"):
         cluster.coordinator.unmasked_sum(round_id)
@@ -221,11 +259,14 @@ def test_a_round_whose_key_shares_vanished_is_abandoned_not_completed(postgres_s
         early = 2  # answers before the crash: those after it hold enough shares to unmask (without the check: done)
         for i, session in enumerate(sessions[:early]):
             cluster.call(i % 2, "post_unmask", round_id, session.agent_id, *session.unmask(u2, u3))
-        _crash(url, round_id)  # the early revealed shares are gone; their "answered" marks are not
+        _crash(url, round_id)  # the early revealed shares are gone, and the cohort with its marks
         for session in sessions[early:]:
-            # the last answer makes the leader finish: enough shares arrived after the crash to unmask, but the
-            # relay was lost, so the round is abandoned rather than unmasked on what happened to survive
-            cluster.coordinator.post_unmask(round_id, session.agent_id, *session.unmask(u2, u3))
+            # enough answers arrive after the crash to unmask, but the relay was lost: each is refused, and the
+            # leader abandons the round rather than unmask it on what happened to survive
+            with pytest.raises(Rejection, match="abandoned") as refused:
+                cluster.coordinator.post_unmask(round_id, session.agent_id, *session.unmask(u2, u3))
+            assert refused.value.status == 409 and refused.value.reason == "round_abandoned"
+            assert session is not sessions[early] or RELAY_LOST in str(refused.value)  # the first one says why
         _assert_abandoned_for_the_relay(cluster, round_id)
     finally:
         cluster.coordinator.close()
