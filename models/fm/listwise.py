@@ -51,7 +51,7 @@ from models.fm.prompts import BOS, TokenPrompts
 from models.types import FloatArray, IntArray, Progress
 
 if TYPE_CHECKING:
-    from models.fm.torch_model import TopCache, TorchFM
+    from models.fm.torch_model import ListwiseRun, TopCache, TorchFM
 
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
 LIST_SIZE = len(LETTERS)
@@ -285,21 +285,42 @@ def train_listwise_adapter(
     """Train adapter ``name`` (starting from ``weights``, which must sit at or above the cache's first layer) on
     cached listwise batches, one optimizer step per batch; the trained adapter (left attached, trainable) and the
     mean loss of each epoch. Other attached adapters stay frozen."""
+    _attach_trainable(fm, name, weights, cached)
+    run = _train_cached(fm, name, cached, config, epochs=config.epochs, progress=progress)
+    return fm.read(name, weights), list(run.epoch_losses)
+
+
+def _attach_trainable(fm: TorchFM, name: str, weights: LoraWeights, cached: CachedLists) -> None:
+    """Attach adapter ``name`` as trainable, once it is known to sit at or above the cache's first layer."""
     if weights.spec.layers[0] < cached.first_layer:
         raise ValueError(f"adapter starts at layer {weights.spec.layers[0]}, below the cache's {cached.first_layer}")
     fm.attach(name, weights, trainable=True)
-    losses = fm.train_listwise_cached(
+
+
+def _train_cached(
+    fm: TorchFM,
+    name: str,
+    cached: CachedLists,
+    config: ListwiseConfig,
+    *,
+    epochs: int,
+    progress: Progress | None = None,
+    deadline: float | None = None,
+) -> ListwiseRun:
+    """The one training loop (:meth:`~models.fm.torch_model.TorchFM.train_listwise_cached`) over the cached lists,
+    with the config's learning rate and distillation weight."""
+    return fm.train_listwise_cached(
         name,
         cached.caches,
         cached.targets,
         cached.teachers,
         cached.letters,
         lr=config.lr,
-        epochs=config.epochs,
+        epochs=epochs,
         lam=config.lam,
         progress=progress,
+        deadline=deadline,
     )
-    return fm.read(name, weights), losses
 
 
 def cached_scores(fm: TorchFM, cached: CachedLists) -> NDArray[np.float32]:
@@ -352,39 +373,15 @@ def train_listwise_for(
     deadline: float,
     max_epochs: int,
 ) -> BudgetedTraining:
-    """Train adapter ``name`` from ``weights`` on cached lists like :func:`train_listwise_adapter` (Adam, one step
-    per cached batch, the loss of :func:`~models.fm.torch_model.listwise_loss`), for at most ``max_epochs`` epochs,
-    starting no step that would not end before ``deadline`` (:func:`time.monotonic`) at the pace of the one before —
-    but at least one step. The adapter is left attached (trainable); other attached adapters stay frozen."""
-    if weights.spec.layers[0] < cached.first_layer:
-        raise ValueError(f"adapter starts at layer {weights.spec.layers[0]}, below the cache's {cached.first_layer}")
+    """Train adapter ``name`` from ``weights`` on cached lists like :func:`train_listwise_adapter`, for at most
+    ``max_epochs`` epochs, under the ``deadline`` (:func:`time.monotonic`) rule of
+    :meth:`~models.fm.torch_model.TorchFM.train_listwise_cached`: no step that would not end before it at the pace of
+    the one before — but at least one step. The adapter is left attached (trainable); other attached adapters stay
+    frozen."""
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be ≥ 1, got {max_epochs}")
-    # torch: the caller already runs the torch model
-    import torch
-
-    from models.fm.torch_model import listwise_loss
-
-    fm.attach(name, weights, trainable=True)
+    _attach_trainable(fm, name, weights, cached)
     before = cached_loss(fm, cached, config.lam)
-    optimizer = torch.optim.Adam(fm.trainable(name), lr=config.lr)
-    data = [
-        (cache, torch.tensor(targets, dtype=torch.long), torch.as_tensor(teacher, dtype=torch.float32))
-        for cache, targets, teacher in zip(cached.caches, cached.targets, cached.teachers, strict=True)
-    ]
-    steps = epochs = 0
-    took = 0.0
-    while epochs < max_epochs and (steps == 0 or time.monotonic() + took <= deadline):
-        epochs += 1
-        for cache, target, teacher in data:
-            if steps and time.monotonic() + took > deadline:
-                break
-            began = time.monotonic()
-            loss = listwise_loss(fm.top_letter_logits(cache, cached.letters), target, teacher, config.lam)
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            steps += 1
-            took = time.monotonic() - began
+    run = _train_cached(fm, name, cached, config, epochs=max_epochs, deadline=deadline)
     after = cached_loss(fm, cached, config.lam)
-    return BudgetedTraining(fm.read(name, weights), before, after, epochs, steps)
+    return BudgetedTraining(fm.read(name, weights), before, after, run.epochs, run.steps)

@@ -9,6 +9,7 @@ The listwise head (:mod:`models.fm.listwise`) likewise uses only the 20 letter r
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,6 +90,20 @@ class TopCache:
     layer_kwargs: list[dict[str, object]]  # per layer from ``first``: mask, position embeddings, ...
     last: torch.Tensor  # (n,) index of each prompt's last token
     fixed: LastLayerInputs | None = None  # filled on first use when ``first`` is the last layer
+
+
+@dataclass(frozen=True)
+class ListwiseRun:
+    """What :meth:`TorchFM.train_listwise_cached` did: the mean loss of each epoch it began (each loss taken before
+    its step; under a deadline the last epoch may be partial) and how many optimizer steps it took."""
+
+    epoch_losses: tuple[float, ...]
+    steps: int
+
+    @property
+    def epochs(self) -> int:
+        """How many epochs began (the last one may be partial)."""
+        return len(self.epoch_losses)
 
 
 @dataclass
@@ -371,27 +386,44 @@ class TorchFM:
         epochs: int = 1,
         lam: float = 0.5,
         progress: Progress | None = None,
-    ) -> list[float]:
-        """Train adapter ``name`` on cached listwise batches (one step per cache): :func:`listwise_loss` with the
-        target letter per list (−1: none) and the teacher's logits; the mean loss of each epoch (before its steps)."""
+        deadline: float | None = None,
+    ) -> ListwiseRun:
+        """Train adapter ``name`` on cached listwise batches for ``epochs`` epochs, one Adam step per cache in the
+        given order: :func:`listwise_loss` with the target letter per list (−1: none) and the teacher's logits.
+
+        With a ``deadline`` (a :func:`time.monotonic` time), no step after the first starts unless it would end
+        before the deadline at the pace of the step before, and the run ends there (at least one step runs)."""
+        if not caches:
+            raise ValueError("no cached batches to train on")
         opt = self._optimizer(name, lr)
         data = [
             (cache, torch.tensor(list(t), dtype=torch.long), torch.as_tensor(np.asarray(p), dtype=torch.float32))
             for cache, t, p in zip(caches, targets, teachers, strict=True)
         ]
-        out = []
+        out: list[float] = []
+        steps = 0
+        took = 0.0
         for epoch in range(epochs):
             losses = []
             for cache, target, teacher in data:
+                if steps and deadline is not None and time.monotonic() + took > deadline:
+                    break
+                began = time.monotonic()
                 loss = listwise_loss(self.top_letter_logits(cache, letters), target, teacher, lam)
                 opt.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 losses.append(float(loss.detach()))
+                steps += 1
+                took = time.monotonic() - began
+            if not losses:
+                break
             out.append(float(np.mean(losses)))
             if progress is not None:
                 progress("listwise_epoch", {"epoch": epoch + 1, "loss": out[-1]})
-        return out
+            if len(losses) < len(data):
+                break
+        return ListwiseRun(tuple(out), steps)
 
     def _answer_head(self, last: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
         """(n, 2) logits of the two answers from the final hidden state at each prompt's last token."""

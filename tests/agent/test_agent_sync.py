@@ -5,12 +5,11 @@ training worker process.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import stat
-import threading
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,12 @@ from agent.cli.main import app
 from agent.engine.profile import Profile
 from agent.engine.sync import IDENTITY_FILE, tui_sync
 from agent.store.profile_store import ProfileStore
-from sync.client.http_client import AgentClient, RoundResult, StageWatcher
-from sync.client.identity import Identity
+from sync.client.http_client import RoundResult
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.local import free_port, serve_in_thread
 from sync.coordinator.service import Coordinator
 from sync.protocol.wire import API
+from tests.sync.helpers import cohort_in_background, noise
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("warm_embedding_cache")
@@ -83,26 +82,10 @@ def coordinator_url(tmp_path: Path) -> Iterator[tuple[str, np.ndarray[Any, np.dt
         yield url, initial
 
 
-def _simulated_agents(url: str, n: int, size: int) -> tuple[threading.Thread, list[Any]]:
-    """``n`` simulated agents taking part in the next round, in a background thread."""
-    results: list[Any] = []
-
-    async def go() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
-            watcher = StageWatcher(http)
-            agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(n)]
-            await asyncio.gather(*(a.register() for a in agents))
-            rng = np.random.default_rng(1)
-            results.extend(
-                await asyncio.gather(
-                    *(a.take_part(rng.normal(0, 1e-3, size), 20.0, timeout=150.0) for a in agents),
-                    return_exceptions=True,
-                )
-            )
-
-    thread = threading.Thread(target=lambda: asyncio.run(go()), daemon=True)
-    thread.start()
-    return thread, results
+def _simulated_agents(url: str, size: int) -> AbstractContextManager[list[RoundResult | BaseException]]:
+    """The rest of the cohort (``COHORT`` − 1 simulated agents) taking part in the next round, in a background thread
+    while the ``with`` block runs this profile's sync."""
+    return cohort_in_background(url, noise(COHORT - 1, size, 1e-3, 1), 20.0, timeout=150.0)
 
 
 def _published(url: str) -> tuple[int, np.ndarray[Any, np.dtype[np.float32]]]:
@@ -135,9 +118,8 @@ def test_agent_sync_takes_part_in_a_round_and_applies_the_new_shared_adapter(
     coordinator_url: tuple[str, np.ndarray[Any, np.dtype[np.float32]]],
 ) -> None:
     url, initial = coordinator_url
-    thread, results = _simulated_agents(url, COHORT - 1, initial.size)
-    code, stdout, stderr = invoke("sync", "--coordinator", url, "--timeout", "150", "--json")
-    thread.join(timeout=180)
+    with _simulated_agents(url, initial.size) as results:
+        code, stdout, stderr = invoke("sync", "--coordinator", url, "--timeout", "150", "--json")
     assert code == 0, stderr
     body = json.loads(stdout)
     assert set(body) >= {"round", "version", "bytes_up", "bytes_down", "C", "sigma", "cohort", "epsilon"}
@@ -153,10 +135,8 @@ def test_tui_sync_hook_runs_the_same_sync_with_progress(
     url, initial = coordinator_url
     monkeypatch.setenv("PERSONA_COORDINATOR_URL", url)
     seen: list[tuple[float, str]] = []
-    thread, results = _simulated_agents(url, COHORT - 1, initial.size)
-    with ProfileStore.open() as store:
+    with _simulated_agents(url, initial.size) as results, ProfileStore.open() as store:
         summary = tui_sync(store, lambda fraction, text: seen.append((fraction, text)))
-    thread.join(timeout=180)
     assert summary["version"] == 1 and summary["cohort"] == COHORT
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) >= 6
@@ -231,10 +211,9 @@ async def test_tui_sync_now_runs_a_round_from_the_sync_screen(
         await pilot.press("y")
         await wait_for(lambda: isinstance(app.screen, SyncScreen) and bool(app.screen.query("#ledger")))
         assert url in str(app.screen.query_one("#sync-status").render())
-        thread, results = _simulated_agents(url, COHORT - 1, initial.size)
-        await pilot.press("n")
-        await wait_for(lambda: app.screen.query_one("#ledger", DataTable).row_count == 1)
-        await wait_for(lambda: app.screen.query_one("#sync-progress", ProgressBar).progress == 100.0)
-        thread.join(timeout=180)
+        with _simulated_agents(url, initial.size) as results:
+            await pilot.press("n")
+            await wait_for(lambda: app.screen.query_one("#ledger", DataTable).row_count == 1)
+            await wait_for(lambda: app.screen.query_one("#sync-progress", ProgressBar).progress == 100.0)
     assert all(isinstance(r, RoundResult) and r.status == "done" for r in results), results
     _check_applied(url, initial)

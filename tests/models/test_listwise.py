@@ -4,7 +4,9 @@ LoRA factors, and llama.cpp serving the exported adapter agrees with torch."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from models.fm.listwise import (
     cached_scores,
     score_list,
     train_listwise_adapter,
+    train_listwise_for,
     training_lists,
 )
 from models.fm.lora import LoraSpec, LoraWeights, export_gguf
@@ -44,6 +47,15 @@ def split(ml: Dataset) -> Split:
 @pytest.fixture(scope="module")
 def builder(ml: Dataset) -> ListwisePromptBuilder:
     return ListwisePromptBuilder(torch_dir() / "tokenizer.json", ml.catalog)
+
+
+@pytest.fixture(scope="module")
+def fm() -> Any:
+    """One torch model for the module's training tests."""
+    # torch: loaded by the torch tests only
+    from models.fm.torch_model import TorchFM
+
+    return TorchFM(threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +163,7 @@ N_SERVED = 4
 
 
 def test_wiring_overfit_gradients_and_llama_cpp_agree(
-    tmp_path: Path, ml: Dataset, split: Split, popularity: IntArray
+    tmp_path: Path, ml: Dataset, split: Split, popularity: IntArray, fm: Any
 ) -> None:
     """The trainer drives the listwise cross-entropy on 32 lists near zero (< 0.1) and picks every target letter;
     gradients reach both LoRA factors; the letter head from cached inputs equals the full model's full-vocabulary
@@ -169,15 +181,12 @@ def test_wiring_overfit_gradients_and_llama_cpp_agree(
     # torch: loaded by the torch tests only
     import torch
 
-    from models.fm.torch_model import TorchFM
-
     small = ListwisePromptBuilder(torch_dir() / "tokenizer.json", ml.catalog, history_items=2)
     config = ListwiseConfig(skip_missing=True, lam=0.0, lr=0.1, epochs=80, batch=8)
     lists = _lists(split, popularity, 80, config)[:N_WIRING]
     assert len(lists) == N_WIRING
     targets = np.array([lst.target for lst in lists])
 
-    fm = TorchFM(threads=1)
     last = len(fm.layers) - 1
     spec = LoraSpec(layers=(last,), rank=16, alpha=32.0, frozen_a=False, seed=3)
     weights = LoraWeights.init(spec, fm.shapes())
@@ -217,3 +226,39 @@ def test_wiring_overfit_gradients_and_llama_cpp_agree(
     picked = llama_scores.argmax(axis=1)
     print(f"llama.cpp picks {picked.tolist()}, torch {torch_scores[:N_SERVED].argmax(axis=1).tolist()}")
     np.testing.assert_array_equal(picked, torch_scores[:N_SERVED].argmax(axis=1))
+
+
+def test_one_listwise_loop_runs_epochs_times_batches_or_one_step_past_its_deadline(
+    ml: Dataset, split: Split, popularity: IntArray, fm: Any
+) -> None:
+    """:meth:`TorchFM.train_listwise_cached` is the one loop of both trainers: without a deadline it takes one step
+    per cached batch for every epoch and reports each epoch's loss; with a deadline already passed it takes exactly
+    one step (never none); :func:`train_listwise_for` reports the same counts and the loss before and after."""
+    small = ListwisePromptBuilder(torch_dir() / "tokenizer.json", ml.catalog, history_items=2)
+    config = ListwiseConfig(skip_missing=True, batch=1)
+    lists = _lists(split, popularity, 80, config)[:2]
+    last = len(fm.layers) - 1
+    weights = LoraWeights.init(LoraSpec(layers=(last,), rank=4, alpha=8.0, frozen_a=False, seed=5), fm.shapes())
+    cached = cache_lists(fm, small, lists, last, config)
+    assert len(cached.caches) == 2
+    batches = (cached.caches, cached.targets, cached.teachers, cached.letters)
+
+    fm.attach("loop", weights, trainable=True)
+    seen: list[tuple[str, int]] = []
+    run = fm.train_listwise_cached(
+        "loop", *batches, lr=1e-3, epochs=3, progress=lambda event, info: seen.append((event, info["epoch"]))
+    )
+    assert (run.steps, run.epochs, len(run.epoch_losses)) == (6, 3, 3)
+    assert all(np.isfinite(run.epoch_losses)) and seen == [("listwise_epoch", e) for e in (1, 2, 3)]
+    late = fm.train_listwise_cached("loop", *batches, lr=1e-3, epochs=3, deadline=time.monotonic() - 1.0)
+    assert (late.steps, late.epochs) == (1, 1)
+    with pytest.raises(ValueError, match="no cached batches"):
+        fm.train_listwise_cached("loop", [], [], [], cached.letters, lr=1e-3)
+
+    budget = train_listwise_for(fm, "loop", weights, cached, config, deadline=time.monotonic() - 1.0, max_epochs=3)
+    assert (budget.steps, budget.epochs) == (1, 1) and budget.weights.delta_norm() > 0  # B starts at zero
+    ample = train_listwise_for(fm, "loop", weights, cached, config, deadline=time.monotonic() + 3600, max_epochs=2)
+    assert (ample.steps, ample.epochs) == (4, 2) and ample.loss_before != ample.loss_after
+    with pytest.raises(ValueError, match="max_epochs"):
+        train_listwise_for(fm, "loop", weights, cached, config, deadline=time.monotonic(), max_epochs=0)
+    fm.attach("loop", None)

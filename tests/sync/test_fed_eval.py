@@ -40,6 +40,7 @@ from sync.errors import ProtocolError
 from sync.protocol.evaluation import EVAL, EvalPlan, LocalEvaluation, decode, encode
 from sync.protocol.privacy import THETA, Part, PrivacyParams, prepare_contribution
 from sync.protocol.wire import API
+from tests.sync.helpers import cohort_in_background, finished, noise
 from tests.sync.test_protocol import RecordingTransport
 
 WEIGHTS = (0.0, 0.5, 1.0)
@@ -339,28 +340,10 @@ def test_agent_sync_evaluates_prints_and_records_the_federation_weight_and_your_
     # two other agents that scored the blend (their numbers: the first stage missed, weight 0.5 found it at rank 0)
     peer = LocalEvaluation((0.0, 0.0), ((0.0, 0.0), (1.0, 1.0), (1.0, 0.5)))
     with serve_in_thread(coordinator) as url:
-
-        async def others() -> list[RoundResult]:
-            async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
-                watcher = StageWatcher(http)
-                agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(2)]
-                await asyncio.gather(*(a.register() for a in agents))
-                rng = np.random.default_rng(1)
-                return list(
-                    await asyncio.gather(
-                        *(
-                            a.take_part(rng.normal(0, 1e-3, initial.size), 20.0, evaluate=lambda _p, _v: peer)
-                            for a in agents
-                        )
-                    )
-                )
-
-        results: list[RoundResult] = []
-        thread = threading.Thread(target=lambda: results.extend(asyncio.run(others())), daemon=True)
-        thread.start()
-        synced = runner.invoke(app, ["sync", "--coordinator", url, "--timeout", "150", "--json"])
-        thread.join(timeout=180)
+        with cohort_in_background(url, noise(2, initial.size, 1e-3, 1), 20.0, evaluate=lambda _p, _v: peer) as others:
+            synced = runner.invoke(app, ["sync", "--coordinator", url, "--timeout", "150", "--json"])
         assert synced.exit_code == 0, synced.output + synced.stderr
+    results = finished(others)
     summary = json.loads(synced.stdout)
     assert summary["version"] == 1 and len(results) == 2
     evaluation = summary["evaluation"]

@@ -36,6 +36,7 @@ from sync.protocol.wire import (
     setup_from_json,
     unmask_body,
 )
+from tests.sync.helpers import cohort_in_background, cohort_round, noise
 
 SIZE = 400
 
@@ -65,19 +66,10 @@ def served(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Coo
 
 
 async def _round(url: str, n: int, drop: int, *, timeout: float = 120.0) -> list[RoundResult | BaseException]:
-    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=httpx.Limits(max_connections=32)) as http:
-        watcher = StageWatcher(http)
-        agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(n)]
-        await asyncio.gather(*(a.register() for a in agents))
-        rng = np.random.default_rng(n + drop)
-        deltas = [rng.normal(0, 0.05, SIZE) for _ in range(n)]
-        return await asyncio.gather(
-            *(
-                a.take_part(d, float(10 + i), timeout=timeout, drop_after_shares=i < drop)
-                for i, (a, d) in enumerate(zip(agents, deltas, strict=True))
-            ),
-            return_exceptions=True,
-        )
+    """``n`` agents (weights 10, 11, ...) take part in the next round; the first ``drop`` vanish after share keys."""
+    weights = [float(10 + i) for i in range(n)]
+    deltas = noise(n, SIZE, 0.05, n + drop)
+    return await cohort_round(url, deltas, weights, timeout=timeout, drop=drop, max_connections=32)
 
 
 @pytest.mark.parametrize(
@@ -297,25 +289,11 @@ def test_egress_of_a_full_sync_holds_no_history_rating_item_ids_or_private_param
 
     recorder = RecordingTransport()
     ledger = JsonlLedger(tmp_path / "egress.jsonl")
-    with serve_in_thread(coordinator) as url:
-
-        async def others() -> list[RoundResult | BaseException]:
-            async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
-                peers = [AgentClient(http, Identity.generate()) for _ in range(2)]
-                await asyncio.gather(*(p.register() for p in peers))
-                rng = np.random.default_rng(0)
-                return await asyncio.gather(
-                    *(p.take_part(rng.normal(0, 0.01, shared.size), 30.0, timeout=120) for p in peers),
-                    return_exceptions=True,
-                )
-
-        import threading
-
-        peer_results: list[Any] = []
-        thread = threading.Thread(target=lambda: peer_results.extend(asyncio.run(others())))
-        thread.start()
+    with (
+        serve_in_thread(coordinator) as url,
+        cohort_in_background(url, noise(2, shared.size, 0.01, 0), 30.0, timeout=120.0),  # two peers fill the round
+    ):
         outcome = run_sync(url, Identity.generate(), compute_delta, ledger, timeout=120, transport=recorder)
-        thread.join()
     assert outcome.round.status == "done" and outcome.shared.version == 1
     sent = b"".join(recorder.sent)
     assert outcome.entry.bytes_sent >= len(sent) * 0.9 and outcome.entry.epsilon > 0

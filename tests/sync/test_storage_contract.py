@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from sync.client.http_client import AgentClient, RoundResult, StageWatcher
-from sync.client.identity import Identity
+from sync.client.http_client import RoundResult
 from sync.coordinator.cli import main as coordinator_main
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.local import coordinator_process, free_port, serve_in_thread
@@ -23,6 +22,7 @@ from sync.coordinator.service import Coordinator
 from sync.coordinator.state import SqliteStore
 from sync.coordinator.storage import CoordinatorStore, DbLocation, Published, open_store, parse_db, redacted
 from sync.protocol.wire import shared_message
+from tests.sync.helpers import cohort_round, noise
 
 # -- meta, agents, published -------------------------------------------------------------------------------------
 
@@ -294,17 +294,6 @@ def test_serve_runs_on_a_postgresql_url_and_never_prints_its_password(postgres_u
 SIZE = 64
 
 
-async def _round(url: str, n: int) -> list[RoundResult | BaseException]:
-    async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
-        watcher = StageWatcher(http)
-        agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(n)]
-        await asyncio.gather(*(a.register() for a in agents))
-        rng = np.random.default_rng(n)
-        return await asyncio.gather(
-            *(a.take_part(rng.normal(0, 0.05, SIZE), 40.0, timeout=120.0) for a in agents), return_exceptions=True
-        )
-
-
 def test_a_full_round_through_the_http_app_on_postgresql(postgres_url: str) -> None:
     config = CoordinatorConfig(
         db=postgres_url, vector_size=SIZE, min_cohort=3, target_cohort=5, over_selection=0.0, sigma=0.5, clip=1.0
@@ -312,7 +301,7 @@ def test_a_full_round_through_the_http_app_on_postgresql(postgres_url: str) -> N
     coordinator = Coordinator(config)
     try:
         with serve_in_thread(coordinator) as url:
-            results = asyncio.run(_round(url, 5))
+            results = asyncio.run(cohort_round(url, noise(5, SIZE, 0.05, 5), 40.0, timeout=120.0))
         done = [r for r in results if isinstance(r, RoundResult) and r.status == "done"]
         assert len(done) == 5, results
         round_id, q = done[0].round_id, done[0].quantization

@@ -35,7 +35,7 @@ from typer.testing import CliRunner
 
 from agent import paths
 from agent.cli.main import app
-from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.http_client import RoundResult
 from sync.client.identity import Identity
 from sync.client.ledger import JsonlLedger
 from sync.client.run import SyncOutcome, run_sync
@@ -48,6 +48,7 @@ from sync.coordinator.openapi import OPENAPI
 from sync.coordinator.service import Coordinator
 from sync.protocol.certs import fingerprint, is_loopback, parse_fingerprint
 from sync.protocol.wire import API, JSON_TYPE, b64e, request_message
+from tests.sync.helpers import cohort_round
 from tests.sync.test_openapi import _check as check_refusal
 from tests.sync.test_openapi import _request as fuzzed_request
 
@@ -145,18 +146,10 @@ def test_pinned_fingerprint_carries_a_whole_round_with_enrollment_over_https(
         except BaseException as error:  # reported by the assertion below
             outcome.append(error)
 
-    async def others() -> list[RoundResult | BaseException]:
-        async with httpx.AsyncClient(base_url=url, verify=context, timeout=60.0) as http:
-            watcher = StageWatcher(http)
-            agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(COHORT - 1)]
-            await asyncio.gather(*(a.register(t) for a, t in zip(agents, tokens[1:], strict=True)))
-            return await asyncio.gather(
-                *(a.take_part(rng.normal(0, 1e-3, SIZE), 10.0, timeout=90.0) for a in agents), return_exceptions=True
-            )
-
+    others = rng.normal(0, 1e-3, (COHORT - 1, SIZE))
     thread = threading.Thread(target=one_sync)
     thread.start()
-    results = asyncio.run(others())
+    results = asyncio.run(cohort_round(url, others, 10.0, timeout=90.0, verify=context, tokens=tokens[1:]))
     thread.join(timeout=120)
     assert all(isinstance(r, RoundResult) and r.status == "done" for r in results), results
     assert len(outcome) == 1 and isinstance(outcome[0], SyncOutcome), outcome

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from agent.store.profile_store import ProfileStore
 from agent.store.records import SHARED_FIRST_STAGE, SHARED_LORA
 from models.firststage.scorer import SharedParams
-from sync.client.http_client import AgentClient, RoundResult, StageWatcher
+from sync.client.http_client import AgentClient, RoundResult
 from sync.client.identity import Identity
 from sync.coordinator.config import CoordinatorConfig
 from sync.coordinator.local import serve_in_thread
@@ -32,6 +31,7 @@ from sync.protocol import rules
 from sync.protocol.masking import pack, rotate, rotation_seed, unpack, unrotate
 from sync.protocol.privacy import PHI, THETA, Part, PrivacyParams, joint_clip, prepare_contribution
 from sync.protocol.wire import API
+from tests.sync.helpers import cohort, cohort_in_background, finished, noise, take_part
 
 THETA_SIZE = 384 * 32 + 1682 * 32 + 1682 + 50  # ML-100K's θ_g
 COHORT = 12
@@ -75,15 +75,10 @@ def _deltas(n: int) -> list[np.ndarray[Any, np.dtype[np.float64]]]:
 
 
 async def _round(url: str, n: int) -> tuple[list[RoundResult], list[AgentClient], dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=httpx.Limits(max_connections=16)) as http:
-        watcher = StageWatcher(http)
-        agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(n)]
-        await asyncio.gather(*(a.register() for a in agents))
+    async with cohort(url, n, max_connections=16) as agents:
         info = (await agents[0].checkin())["admit"]  # opens round 0 (rounds open for agents checking in)
-        results = await asyncio.gather(
-            *(a.take_part(d, 40.0, timeout=240.0) for a, d in zip(agents, _deltas(n), strict=True))
-        )
-        return list(results), agents, info
+        results = finished(await take_part(agents, _deltas(n), 40.0, timeout=240.0))
+        return results, agents, info
 
 
 def test_a_two_part_round_sums_within_the_quantization_bound_and_fits_the_upload_budget(
@@ -291,23 +286,11 @@ def test_agent_sync_sends_both_parts_and_applies_the_new_pair_together(
         tmp_path, vector_size=initial.size, min_cohort=3, target_cohort=3, weight_cap=4.0, advertise_s=300.0
     )
     with serve_in_thread(Coordinator(config, initial=initial)) as url:
-
-        async def others() -> list[RoundResult]:
-            async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
-                watcher = StageWatcher(http)
-                agents = [AgentClient(http, Identity.generate(), watcher=watcher) for _ in range(2)]
-                await asyncio.gather(*(a.register() for a in agents))
-                rng = np.random.default_rng(1)
-                size = initial.size + rules.SYNC_PHI_SIZE
-                return list(await asyncio.gather(*(a.take_part(rng.normal(0, 1e-3, size), 20.0) for a in agents)))
-
-        results: list[RoundResult] = []
-        thread = threading.Thread(target=lambda: results.extend(asyncio.run(others())), daemon=True)
-        thread.start()
-        result = runner.invoke(app, ["sync", "--coordinator", url, "--timeout", "150", "--json"])
-        thread.join(timeout=180)
+        with cohort_in_background(url, noise(2, initial.size + rules.SYNC_PHI_SIZE, 1e-3, 1), 20.0) as others:
+            result = runner.invoke(app, ["sync", "--coordinator", url, "--timeout", "150", "--json"])
         assert result.exit_code == 0, result.output
         published = np.frombuffer(httpx.get(f"{url}{API}/shared/1").content, dtype="<f4")
+    results = finished(others)
     summary = json.loads(result.stdout)
     assert summary["version"] == 1 and len(results) == 2
     # the agent trained φ_g on its 2 lists (3 liked items) and sent a nonzero φ part (the worker's own report)
