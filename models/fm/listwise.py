@@ -33,7 +33,6 @@ position only and reads the 20 letter values of that row. Torch-free at import: 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +46,7 @@ from models.data.catalog import Catalog
 from models.data.split import Split
 from models.fm.blend import zscore
 from models.fm.lora import LoraWeights
+from models.fm.pace import Pace
 from models.fm.prompts import BOS, TokenPrompts
 from models.types import FloatArray, IntArray, Progress
 
@@ -258,16 +258,16 @@ def cache_lists(
     if len(sizes) != 1:
         raise ValueError(f"training lists must all hold the same number of candidates, got sizes {sorted(sizes)}")
     out = CachedLists([], [], [], builder.letters[: sizes.pop()], first_layer)
-    took = 0.0
+    pace = Pace(deadline)
     for start in range(0, len(lists), config.batch):
-        if start and deadline is not None and time.monotonic() + took > deadline:
+        if not pace.allows():
             break
-        began = time.monotonic()
         chunk = lists[start : start + config.batch]
-        out.caches.append(fm.cache_top([builder.prompt(lst.history, lst.items.tolist()) for lst in chunk], first_layer))
-        out.targets.append([-1 if lst.target is None else lst.target for lst in chunk])
-        out.teachers.append(np.stack([teacher_logits(lst.first, config.tau) for lst in chunk]))
-        took = time.monotonic() - began
+        with pace.unit():
+            prompts = [builder.prompt(lst.history, lst.items.tolist()) for lst in chunk]
+            out.caches.append(fm.cache_top(prompts, first_layer))
+            out.targets.append([-1 if lst.target is None else lst.target for lst in chunk])
+            out.teachers.append(np.stack([teacher_logits(lst.first, config.tau) for lst in chunk]))
         if progress is not None:
             progress("listwise_cache", {"lists": min(start + config.batch, len(lists)), "of": len(lists)})
     return out

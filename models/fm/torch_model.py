@@ -9,7 +9,6 @@ The listwise head (:mod:`models.fm.listwise`) likewise uses only the 20 letter r
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from numpy.typing import NDArray
 
 from models.fm.assets import require_torch_copy
 from models.fm.lora import TARGETS, LoraWeights
+from models.fm.pace import Pace
 from models.fm.prompts import AnswerTokens
 from models.types import Progress
 
@@ -401,21 +401,18 @@ class TorchFM:
             for cache, t, p in zip(caches, targets, teachers, strict=True)
         ]
         out: list[float] = []
-        steps = 0
-        took = 0.0
+        pace = Pace(deadline)
         for epoch in range(epochs):
             losses = []
             for cache, target, teacher in data:
-                if steps and deadline is not None and time.monotonic() + took > deadline:
+                if not pace.allows():
                     break
-                began = time.monotonic()
-                loss = listwise_loss(self.top_letter_logits(cache, letters), target, teacher, lam)
-                opt.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                losses.append(float(loss.detach()))
-                steps += 1
-                took = time.monotonic() - began
+                with pace.unit():
+                    loss = listwise_loss(self.top_letter_logits(cache, letters), target, teacher, lam)
+                    opt.zero_grad()
+                    loss.backward()  # type: ignore[no-untyped-call]
+                    opt.step()
+                    losses.append(float(loss.detach()))
             if not losses:
                 break
             out.append(float(np.mean(losses)))
@@ -423,7 +420,7 @@ class TorchFM:
                 progress("listwise_epoch", {"epoch": epoch + 1, "loss": out[-1]})
             if len(losses) < len(data):
                 break
-        return ListwiseRun(tuple(out), steps)
+        return ListwiseRun(tuple(out), pace.done)
 
     def _answer_head(self, last: torch.Tensor, answers: AnswerTokens) -> torch.Tensor:
         """(n, 2) logits of the two answers from the final hidden state at each prompt's last token."""
