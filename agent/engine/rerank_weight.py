@@ -24,7 +24,7 @@ from models.assets import atomic_write_bytes
 from models.fm.measured import MEASURED_BLEND, BlendMeasurement
 
 WeightSource = Literal["your setting", "measured", "federation"]
-TURN_ON = "set [rerank] weight, e.g. 0.5, in config.toml to use it anyway"
+TURN_ON = "set [rerank] weight, e.g. 0.1 (the most validation ever picked), in config.toml to use it anyway"
 FEDERATION_BLEND_FILE = "federation_blend.json"
 
 
