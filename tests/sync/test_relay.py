@@ -68,7 +68,10 @@ def test_the_relay_is_in_unlogged_partitions_and_writes_no_wal_on_postgresql(pos
             store.set_nonce(agent, i + 1)
             payload += sum(len(blob) for blob in shares.values())
         wal = _wal(postgres_url) - before
-        assert wal < 40 * 200, (wal, payload)  # no share, mark or nonce: only the commits
+        # No share, mark or nonce is logged: only the 80 commits (~3.7 KB). WAL is the server's, and other work on it
+        # (autovacuum, a timed checkpoint's record and first-touch page images) can add a page or two, so the bound is
+        # a tenth of what logging the shares would write, not an exact count.
+        assert wal < payload // 10, (wal, payload)
         assert store.agent(agents[5]) == (b"k" * 32, 6)  # the nonce consumed, read back
         assert store.inbox(0, agents[0], agents[1:3]) == {agents[1]: b"\x01" * 180, agents[2]: b"\x02" * 180}
         store.update_round(0, stage="abandoned")  # the round ends: its partitions and its mark go
