@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from agent.cli.console import emit_json, err, fail, out, progress_bar, usage_err
 from agent.cli.plot import PLOT_HELP, check_plot_option, drawn_instead
 from agent.engine.catalogs import ml100k_with_vectors
 from agent.engine.sync import sync_aggregator, sync_summary
+from models.assets import atomic_write_bytes
 from models.data.split import make_loo_split, read_split, split_sha256
 from models.data.split import write_split as save_split
 from models.errors import PersonaError
@@ -68,6 +70,14 @@ def eval_command(
         ),
     ] = False,
     plot: Annotated[str | None, typer.Option("--plot", metavar="[FILE]", help=PLOT_HELP)] = None,
+    ranks_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ranks",
+            help="Write each user's test rank per row (first stage, and the persona model) to this JSON file, to "
+            "compare two runs on the same split with a paired interval: scripts/compare_runs.py A B.",
+        ),
+    ] = None,
 ) -> None:
     """Measure a model on MovieLens-100K with a leak-free protocol; model selection uses validation only."""
     # torch: the evaluation trains models; only `agent eval` pays for importing it
@@ -75,6 +85,8 @@ def eval_command(
     from models.experiments.persona import PersonaConfig
 
     check_plot_option(plot)
+    if ranks_file is not None and not ranks_file.parent.is_dir():
+        usage_error(f"--ranks {ranks_file}: the folder {ranks_file.parent} does not exist; create it or pick another.")
     if protocol not in PROTOCOLS:
         usage_error(f"Unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}.")
     if model not in MODELS:
@@ -175,6 +187,15 @@ def eval_command(
         "split_sha256": split_sha256(split, dataset),
     }
     body |= {k: v for k, v in result.items() if k not in ("protocol", "model")}
+    test_ranks = body.get("selected", {}).pop("test_ranks", None)
+    if ranks_file is not None:
+        if test_ranks is None:
+            err.print(f"--ranks: this protocol reports no per-user ranks; {ranks_file} not written")
+        else:
+            keep = ("dataset", "protocol", "model", "split_sha256")
+            record = {**{k: body[k] for k in keep}, "via_sync": via_sync, "ranks": test_ranks}
+            atomic_write_bytes(ranks_file, json.dumps(record).encode())
+            err.print(f"per-user test ranks written to {ranks_file}")
     if drawn_instead(body, plot):
         return
     if as_json:

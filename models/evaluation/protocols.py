@@ -65,6 +65,13 @@ def ranks(
     return out
 
 
+def user_ranks(
+    model: Ranker, split: Split, protocol: Literal["loo99", "full"], which: Literal["valid", "test"]
+) -> dict[int, int]:
+    """:func:`ranks` keyed by user: what two runs on the same split are compared by (``agent eval --ranks``)."""
+    return dict(zip(split.users, ranks(model, split, protocol, which), strict=True))
+
+
 def metrics_for(model: Ranker, split: Split, protocol: Literal["loo99", "full"], which: str) -> dict[str, float]:
     """HR@10, NDCG@10 (and Recall@20 for full ranking) on the validation or test items."""
     assert which in ("valid", "test")

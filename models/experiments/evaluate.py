@@ -17,7 +17,15 @@ from models.data.catalog import Catalog
 from models.data.split import Split
 from models.errors import PersonaError
 from models.evaluation.metrics import summarize
-from models.evaluation.protocols import COLDSTART_KS, PROTOCOLS, RERANK_K, coldstart_cut, coldstart_users, metrics_for
+from models.evaluation.protocols import (
+    COLDSTART_KS,
+    PROTOCOLS,
+    RERANK_K,
+    coldstart_cut,
+    coldstart_users,
+    metrics_for,
+    user_ranks,
+)
 from models.evaluation.stats import compare_ranks
 from models.experiments.feature_rerank import FeatureContext, feature_rerank_row
 from models.experiments.persona import PersonaConfig, evaluate_persona
@@ -197,9 +205,10 @@ def evaluate(
             aggregator=aggregator,
             progress=progress,
         )
-        metrics = metrics_for(model, split, proto, "test")
+        test_ranks = user_ranks(model, split, proto, "test")
+        metrics = summarize(list(test_ranks.values()), ks=(10,), recall_ks=(20,) if proto == "full" else ())
         valid_metrics = metrics_for(model, split, proto, "valid")
-        selected = model.selected
+        selected = {**model.selected, "test_ranks": {"first_stage": test_ranks}}
         if name != "popularity" and catalog is not None:
             users = sorted(split.users)
             ctx = FeatureContext.build(split, text_vectors, catalog)

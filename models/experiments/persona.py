@@ -31,6 +31,7 @@ import numpy as np
 
 from models.data.catalog import Catalog
 from models.data.split import Split
+from models.evaluation.protocols import user_ranks
 from models.evaluation.stats import compare_ranks
 from models.experiments.feature_rerank import FeatureContext, feature_rerank_row
 from models.experiments.persona_rerank import VARIANTS, RerankJob, UserResult, rerank_all, summaries
@@ -248,6 +249,13 @@ def evaluate_persona(
         protocol=protocol,
     )
     selected["vs_first_stage"] = {**variant_comparisons(results, report, private), "feature_rerank": feature_vs}
+    last = job.variants[-1]
+    selected["test_ranks"] = {  # per user, to compare two runs (agent eval --ranks): the first stage on every user
+        "first_stage": user_ranks(first, split, protocol, "test"),
+        "persona" if private else "persona-shared": {
+            r.user: r.lists[(last, "test")].rank(final["blend_weight"]) for r in results if (last, "test") in r.lists
+        },
+    }
     return final["test"], final["valid"], selected
 
 

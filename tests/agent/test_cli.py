@@ -15,6 +15,7 @@ from agent.cli.main import app
 from agent.settings import config_path
 from agent.store.profile_store import ProfileStore
 from models.data.movielens import load_ml100k
+from models.evaluation.metrics import summarize
 from models.firststage.scorer import SharedParams
 
 runner = CliRunner()
@@ -34,6 +35,30 @@ def test_eval_popularity_json_and_split_round_trip(tmp_path: Path) -> None:
     body2 = json.loads(again.stdout)
     assert body2["split_sha256"] == body["split_sha256"]
     assert body2["metrics"] == body["metrics"]
+
+
+def test_eval_writes_per_user_ranks_that_compare_runs_pairs(tmp_path: Path) -> None:
+    ranks_file = tmp_path / "popularity.json"
+    result = runner.invoke(app, ["eval", "--model", "popularity", "--json", "--ranks", str(ranks_file)])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert "test_ranks" not in body["selected"]  # in the file, not in the printed body
+    record = json.loads(ranks_file.read_text())
+    assert record["split_sha256"] == body["split_sha256"] and record["via_sync"] is False
+    ranks = record["ranks"]["first_stage"]
+    assert len(ranks) == 943
+    assert summarize(list(ranks.values())) == pytest.approx(body["metrics"])  # the ranks behind the metrics
+    script = [sys.executable, "scripts/compare_runs.py"]
+    same = subprocess.run([*script, str(ranks_file), str(ranks_file), "--json"], capture_output=True, text=True)
+    assert same.returncode == 0, same.stderr
+    row = json.loads(same.stdout)["rows"]["first_stage"]
+    assert row["users"] == 943 and row["relative_ndcg10"] == 0.0 and row["relative_ndcg10_ci95"] == [0.0, 0.0]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**record, "split_sha256": "0" * 64}))
+    refused = subprocess.run([*script, str(ranks_file), str(other)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "differ in split_sha256" in refused.stderr and "Traceback" not in refused.stderr
+    missing = runner.invoke(app, ["eval", "--model", "popularity", "--ranks", str(tmp_path / "no" / "r.json")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
 def test_eval_full_ranking_reports_recall(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from agent.paths import cache_dir
 from models.data.catalog import Dataset
 from models.data.movielens import load_ml100k
 from models.data.split import Split, make_loo_split
-from models.evaluation.protocols import COLDSTART_KS, metrics_for
+from models.evaluation.metrics import summarize
+from models.evaluation.protocols import COLDSTART_KS, metrics_for, user_ranks
 from models.experiments.evaluate import evaluate_coldstart
 from models.experiments.persona import PersonaConfig, evaluate_persona
 from models.experiments.persona_coldstart import evaluate_persona_coldstart
@@ -101,6 +102,11 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert selected["first_stage_metrics"] == metrics_for(first, split, "loo99", "test")
     # reranking only reorders the top 5, so HR@10 cannot change
     assert test["HR@10"] == selected["first_stage_metrics"]["HR@10"]
+    # the per-user ranks (agent eval --ranks) are the ones behind the reported metrics
+    ranks = selected["test_ranks"]
+    assert ranks["first_stage"] == user_ranks(first, split, "loo99", "test")
+    assert set(ranks["persona"]) == set(split.users)
+    assert summarize(list(ranks["persona"].values())) == pytest.approx(test)
 
 
 @pytest.mark.usefixtures("warm_embedding_cache")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from models.evaluation.stats import compare_ranks, likelihood_ratio_test, paired_bootstrap
+from models.evaluation.stats import compare_ranks, compare_runs, likelihood_ratio_test, paired_bootstrap, per_user
 
 
 def test_paired_bootstrap_of_two_users_has_the_known_interval() -> None:
@@ -49,3 +49,21 @@ def test_likelihood_ratio_test_tells_a_useless_feature_from_a_separating_one() -
     assert noise["p_value"] > 0.05
     separating = likelihood_ratio_test(base, y + 0.3 * rng.normal(size=2000), y)
     assert separating["p_value"] < 1e-6 and separating["statistic"] > noise["statistic"]
+
+
+def test_compare_runs_pairs_the_users_both_runs_ranked_and_gives_the_ratio_with_its_interval() -> None:
+    rng = np.random.default_rng(3)
+    baseline = {u: int(r) for u, r in enumerate(rng.integers(0, 30, size=300))}
+    better = {u: max(r - 2, 0) for u, r in baseline.items()}  # every user's item two places higher
+    better[1000] = 0  # ranked by one run only: left out of the pairing
+    result = compare_runs(better, baseline)
+    mine, theirs = per_user(list(better.values())[:300]), per_user(list(baseline.values()))
+    assert result["users"] == 300
+    assert result["ndcg10"] == pytest.approx([mine["NDCG@10"].mean(), theirs["NDCG@10"].mean()])
+    assert result["relative_ndcg10"] == pytest.approx(mine["NDCG@10"].mean() / theirs["NDCG@10"].mean() - 1)
+    low, high = result["relative_ndcg10_ci95"]
+    assert 0.0 < low < result["relative_ndcg10"] < high  # better for every user: the interval is above zero
+    same = compare_runs(baseline, dict(baseline))
+    assert same["relative_ndcg10"] == 0.0 and same["relative_ndcg10_ci95"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="no user in common"):
+        compare_runs({1: 0}, {2: 0})
