@@ -74,7 +74,7 @@ def compare_runs(
     picks = rng.integers(0, len(users), size=(resamples, len(users)))
     for metric, key in (("NDCG@10", "ndcg10"), ("HR@10", "hr10")):
         base = float(b[metric].mean())
-        out[f"{key}"] = [float(a[metric].mean()), base]
+        out[key] = [float(a[metric].mean()), base]
         if base <= 0:
             continue
         ratios = a[metric][picks].mean(axis=1) / np.maximum(b[metric][picks].mean(axis=1), 1e-12) - 1.0
