@@ -2,7 +2,7 @@
 """The first stage's federated validation curve under the sync protocol's mechanics, in this process.
 
     .venv/bin/python scripts/protocol_curve.py [--mechanism default] [--clip 0.5] [--sigma 0.4] [--weight-cap 32]
-        [--server-lr 0.1] [--rounds 40] [--users N] [--json]
+        [--server-lr 0.1] [--rounds 40] [--local-epochs 1] [--users N] [--json]
 
 Every ML-100K user trains as an agent each round, and the round is summed as the protocol sums it
 (:func:`sync.simulation.federation.train_setting`): ``none`` (the in-process federation: raw deltas weighted by
@@ -40,7 +40,9 @@ def curve(args: argparse.Namespace) -> dict[str, Any]:
     split = make_loo_split(dataset, seed=args.seed)
     if args.users is not None:
         split = split.subset(sorted(split.users)[: args.users])
-    federated = replace(FederatedConfig(seed=args.seed), rounds=args.rounds, server_lr=args.server_lr)
+    federated = replace(
+        FederatedConfig(seed=args.seed), rounds=args.rounds, server_lr=args.server_lr, local_epochs=args.local_epochs
+    )
     privacy = PrivacyParams(clip=args.clip, sigma=args.sigma, weight_cap=args.weight_cap)
     config = AuditConfig(privacy=privacy, cohort=len(split.users), federated=federated, rotate=True, seed=args.seed)
     start = time.perf_counter()
@@ -57,6 +59,7 @@ def curve(args: argparse.Namespace) -> dict[str, Any]:
         "weight_cap": args.weight_cap,
         "server_lr": args.server_lr,
         "rounds": args.rounds,
+        "local_epochs": args.local_epochs,
         "users": len(split.users),
         "selected_round": run.selected_round,
         "best_valid_NDCG@10": max(ndcg),
@@ -74,6 +77,9 @@ def main() -> None:
     parser.add_argument("--weight-cap", type=float, default=SYNC_WEIGHT_CAP, help="n_u at or above it weighs 1")
     parser.add_argument("--server-lr", type=float, default=FederatedConfig.server_lr, help="FedAdam's learning rate")
     parser.add_argument("--rounds", type=int, default=FederatedConfig.rounds)
+    parser.add_argument(
+        "--local-epochs", type=int, default=FederatedConfig.local_epochs, help="an agent's epochs a round"
+    )
     parser.add_argument("--users", type=int, default=None, help="keep the first N users only")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -81,8 +87,8 @@ def main() -> None:
     for name in ("clip", "weight_cap", "server_lr"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.sigma < 0 or args.rounds < 1 or (args.users is not None and args.users < 2):
-        parser.error("--sigma must be ≥ 0, --rounds ≥ 1 and --users ≥ 2")
+    if args.sigma < 0 or args.rounds < 1 or args.local_epochs < 1 or (args.users is not None and args.users < 2):
+        parser.error("--sigma must be ≥ 0, --rounds and --local-epochs ≥ 1, --users ≥ 2")
     result = curve(args)
     if args.json:
         print(json.dumps(result))
