@@ -11,7 +11,7 @@ with them, so evaluation and the models never import each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -72,11 +72,15 @@ def user_ranks(
     return dict(zip(split.users, ranks(model, split, protocol, which), strict=True))
 
 
+def protocol_metrics(ranks_: Sequence[int], protocol: Literal["loo99", "full"]) -> dict[str, float]:
+    """HR@10, NDCG@10 (and Recall@20 for full ranking) from the held-out items' ranks."""
+    return summarize(list(ranks_), ks=(10,), recall_ks=(20,) if protocol == "full" else ())
+
+
 def metrics_for(model: Ranker, split: Split, protocol: Literal["loo99", "full"], which: str) -> dict[str, float]:
     """HR@10, NDCG@10 (and Recall@20 for full ranking) on the validation or test items."""
     assert which in ("valid", "test")
-    r = ranks(model, split, protocol, "valid" if which == "valid" else "test")
-    return summarize(r, ks=(10,), recall_ks=(20,) if protocol == "full" else ())
+    return protocol_metrics(ranks(model, split, protocol, "valid" if which == "valid" else "test"), protocol)
 
 
 def coldstart_users(split: Split, *, fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:

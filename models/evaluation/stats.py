@@ -58,9 +58,7 @@ def compare_ranks(ranks: Sequence[int], baseline: Sequence[int], *, seed: int = 
     }
 
 
-def compare_runs(
-    ranks: Mapping[int, int], baseline: Mapping[int, int], *, seed: int = 0, resamples: int = RESAMPLES
-) -> dict[str, Any]:
+def compare_runs(ranks: Mapping[int, int], baseline: Mapping[int, int], *, seed: int = 0) -> dict[str, Any]:
     """Two runs of a model on the same split, paired over the users both ranked: :func:`compare_ranks`'s deltas
     plus each metric's ratio ``mean(ranks) / mean(baseline) − 1`` with its paired bootstrap 95 % interval (the same
     resample of users for both runs). ValueError when no user is in both."""
@@ -71,7 +69,7 @@ def compare_runs(
     out = compare_ranks(mine, theirs, seed=seed)
     a, b = per_user(mine), per_user(theirs)
     rng = np.random.default_rng(seed)
-    picks = rng.integers(0, len(users), size=(resamples, len(users)))
+    picks = rng.integers(0, len(users), size=(RESAMPLES, len(users)))  # compare_ranks' resamples
     for metric, key in (("NDCG@10", "ndcg10"), ("HR@10", "hr10")):
         base = float(b[metric].mean())
         out[key] = [float(a[metric].mean()), base]

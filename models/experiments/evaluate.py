@@ -24,6 +24,7 @@ from models.evaluation.protocols import (
     coldstart_cut,
     coldstart_users,
     metrics_for,
+    protocol_metrics,
     user_ranks,
 )
 from models.evaluation.stats import compare_ranks
@@ -206,7 +207,7 @@ def evaluate(
             progress=progress,
         )
         test_ranks = user_ranks(model, split, proto, "test")
-        metrics = summarize(list(test_ranks.values()), ks=(10,), recall_ks=(20,) if proto == "full" else ())
+        metrics = protocol_metrics(list(test_ranks.values()), proto)
         valid_metrics = metrics_for(model, split, proto, "valid")
         selected = {**model.selected, "test_ranks": {"first_stage": test_ranks}}
         if name != "popularity" and catalog is not None:
