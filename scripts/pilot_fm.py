@@ -4,11 +4,19 @@ adds to the first stage, the blend's and feature_rerank's ΔNDCG@10 with paired 
 
 Usage: .venv/bin/python scripts/pilot_fm.py [--json] [--cohort N] [--rounds N] [--valid-users N] [--test-users N]
        .venv/bin/python scripts/pilot_fm.py --listwise [--json] [--cohort N] [--rounds N] [--train-users N]
-           [--valid-users N] [--epochs N]
+           [--valid-users N] [--epochs N] [--lists-per-user N]
+       .venv/bin/python scripts/pilot_fm.py --listwise --coldstart [--json] [--rounds N] [--train-users N]
+           [--cold-users N] [--epochs N]
 
 --listwise trains a shared listwise adapter centrally on the cohort's training lists and reports, on validation
 lists only, the model's within-list AUC and the blend's ΔNDCG@10 (weight picked on one half of the users, reported on
 the other) for the base model and the adapter.
+
+--listwise --coldstart measures the listwise model on the cold-start protocol instead: the first stage on the warm
+80 % of users (--rounds, default 40), the cold users' lists at k = 0, 1, 3, 5 items rescored by the base model and by
+a shared listwise adapter trained on --train-users warm users' k-item lists (default 75; 0: base model only); the
+blend weight is picked per k on validation lists, and the test figures carry paired bootstrap intervals
+(models.experiments.listwise_coldstart).
 
 The logic is models.experiments.pilot; every sample is seeded (--seed).
 """
@@ -27,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from agent.engine.catalogs import ml100k_with_vectors
 from models.data.split import make_loo_split
 from models.errors import PersonaError
+from models.experiments.listwise_coldstart import ListwiseColdstartConfig, run_listwise_coldstart
 from models.experiments.pilot import ListwisePilotConfig, PilotConfig, run_listwise_pilot, run_pilot
 
 
@@ -35,7 +44,12 @@ def main() -> None:
     defaults = PilotConfig()
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--cohort", type=int, default=defaults.cohort, help="users the first stage trains on")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="federated rounds of the first stage")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help=f"federated rounds of the first stage (default {defaults.rounds}; --coldstart: 40)",
+    )
     parser.add_argument(
         "--valid-users",
         type=int,
@@ -47,13 +61,51 @@ def main() -> None:
     listwise = ListwisePilotConfig()
     parser.add_argument("--listwise", action="store_true", help="the listwise pilot (one prompt per list of 20)")
     parser.add_argument(
-        "--train-users", type=int, default=listwise.train_users, help="--listwise: users with a training list"
+        "--train-users",
+        type=int,
+        default=None,
+        help=f"--listwise: users with a training list (default {listwise.train_users}; --coldstart: 75, 0 for none)",
+    )
+    parser.add_argument(
+        "--lists-per-user",
+        type=int,
+        default=listwise.lists_per_user,
+        help="--listwise: training lists per user (its last training items, each after its prefix)",
     )
     parser.add_argument("--epochs", type=int, default=listwise.epochs, help="--listwise: epochs over the lists")
+    parser.add_argument(
+        "--coldstart", action="store_true", help="with --listwise: the cold-start protocol (k = 0, 1, 3, 5 items)"
+    )
+    parser.add_argument(
+        "--cold-users", type=int, default=None, help="--coldstart: a seeded sample of the cold users (default all)"
+    )
     args = parser.parse_args()
+    if args.coldstart and not args.listwise:
+        parser.error("--coldstart measures the listwise model: add --listwise")
+    cold = ListwiseColdstartConfig()
+    if args.coldstart:
+        if args.rounds is None:
+            args.rounds = cold.rounds
+        if args.train_users is None:
+            args.train_users = cold.train_users
+        if args.train_users < 0 or (args.cold_users is not None and args.cold_users < 1):
+            parser.error("--train-users takes 0 or more, --cold-users a positive number")
+    coldstart_config = ListwiseColdstartConfig(
+        rounds=args.rounds or cold.rounds,
+        cold_users=args.cold_users,
+        train_users=cold.train_users if args.train_users is None else args.train_users,
+        epochs=args.epochs,
+        seed=args.seed,
+    )
+    if args.rounds is None:
+        args.rounds = defaults.rounds
+    if args.train_users is None:
+        args.train_users = listwise.train_users
     if args.valid_users is None:
         args.valid_users = listwise.valid_users if args.listwise else defaults.valid_users
-    if min(args.cohort, args.rounds, args.valid_users, args.test_users, args.train_users, args.epochs) < 1:
+    if min(args.cohort, args.rounds, args.valid_users, args.test_users, args.epochs, args.lists_per_user) < 1 or (
+        args.train_users < 1 and not args.coldstart
+    ):
         parser.error(
             "--cohort, --rounds, --valid-users, --test-users, --train-users and --epochs take positive numbers"
         )
@@ -61,6 +113,7 @@ def main() -> None:
         cohort=args.cohort,
         rounds=args.rounds,
         train_users=args.train_users,
+        lists_per_user=args.lists_per_user,
         valid_users=args.valid_users,
         epochs=args.epochs,
         seed=args.seed,
@@ -79,7 +132,9 @@ def main() -> None:
         def progress(kind: str, info: dict[str, object]) -> None:
             print(kind, json.dumps(info), file=sys.stderr, flush=True)
 
-        if args.listwise:
+        if args.coldstart:
+            figures = run_listwise_coldstart(split, vectors, dataset.catalog, coldstart_config, progress)
+        elif args.listwise:
             figures = run_listwise_pilot(split, vectors, dataset.catalog, listwise_config, progress)
         else:
             figures = run_pilot(split, vectors, dataset.catalog, config, progress)

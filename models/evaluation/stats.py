@@ -131,3 +131,14 @@ def likelihood_ratio_test(
     large = log_likelihood(full_x, y, fit_logistic(full_x, y, l2))
     statistic = max(0.0, 2.0 * (large - small))
     return {"statistic": statistic, "p_value": math.erfc(math.sqrt(statistic / 2.0)), "df": 1.0}
+
+
+def seeded_sample(users: Sequence[int], n: int | None, seed: Sequence[int]) -> list[int]:
+    """A seeded sample of ``n`` of ``users`` (all of them when ``n`` is None or not smaller), sorted: the same
+    users for the same arguments on every machine. ValueError for ``n`` < 1."""
+    if n is not None and n < 1:
+        raise ValueError(f"the sample needs at least one user, got {n}")
+    if n is None or n >= len(users):
+        return sorted(int(u) for u in users)
+    rng = np.random.default_rng(list(seed))
+    return sorted(int(u) for u in rng.choice(np.asarray(users), size=n, replace=False))

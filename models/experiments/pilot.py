@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from models.data.catalog import Catalog
 from models.data.split import Split
 from models.evaluation.metrics import summarize
-from models.evaluation.stats import compare_ranks, likelihood_ratio_test
+from models.evaluation.stats import compare_ranks, likelihood_ratio_test, seeded_sample
 from models.experiments.feature_rerank import FeatureContext, candidate_lists, feature_rerank_row, positive_slot
 from models.experiments.persona_rerank import Candidates
 from models.firststage.fit import TrainedModel, train_federated
@@ -69,11 +69,6 @@ class PilotConfig:
     rerank_k: int = 20
     threads: int | None = None
     seed: int = 0
-
-
-def _sample(users: list[int], n: int, seed: list[int]) -> list[int]:
-    rng = np.random.default_rng(seed)
-    return sorted(int(u) for u in rng.choice(users, size=min(n, len(users)), replace=False))
 
 
 def _fm_lists(
@@ -118,7 +113,7 @@ def _cohort_first_stage(
     split: Split, text_vectors: FloatArray, config: PilotConfig | ListwisePilotConfig, progress: Progress | None
 ) -> tuple[list[int], TrainedModel]:
     """The pilot's seeded cohort and its federated first stage (``config.rounds`` rounds)."""
-    cohort = _sample(sorted(split.users), config.cohort, [config.seed, 31])
+    cohort = seeded_sample(sorted(split.users), config.cohort, [config.seed, 31])
     first = train_federated(
         split,
         text_vectors,
@@ -138,8 +133,8 @@ def run_pilot(
     cohort, first = _cohort_first_stage(split, text_vectors, config, progress)
     timings["first_stage_s"] = time.perf_counter() - clock
     ctx = FeatureContext.build(split.subset(cohort), text_vectors, catalog)
-    valid_users = _sample(cohort, config.valid_users, [config.seed, 13])
-    test_users = _sample(cohort, config.test_users, [config.seed, 17])
+    valid_users = seeded_sample(cohort, config.valid_users, [config.seed, 13])
+    test_users = seeded_sample(cohort, config.test_users, [config.seed, 17])
     k = config.rerank_k
     clock = time.perf_counter()
     feature_all, feature_all_vs = feature_rerank_row(
@@ -187,7 +182,8 @@ class ListwisePilotConfig:
 
     cohort: int = 300  # users the first stage trains on; their training lists train the adapter
     rounds: int = 15  # federated rounds of the first stage
-    train_users: int = 300  # cohort users with a training list (one each: the last training item held out)
+    train_users: int = 300  # cohort users with training lists (the last training items, each after its prefix)
+    lists_per_user: int = 1  # training lists per user (ListwiseConfig.lists_per_user)
     valid_users: int = 100  # cohort users whose validation lists are scored (halves: weight pick / report)
     epochs: int = 2
     lr: float = 3e-3  # untuned: no listwise run at this scale yet
@@ -246,9 +242,16 @@ def run_listwise_pilot(
     clock = time.perf_counter()
     cohort, first = _cohort_first_stage(split, text_vectors, config, progress)
     timings["first_stage_s"] = time.perf_counter() - clock
-    train_users = _sample(cohort, config.train_users, [config.seed, 19])
-    valid_users = _sample(cohort, config.valid_users, [config.seed, 13])
-    lw = ListwiseConfig(epochs=config.epochs, lr=config.lr, lam=config.lam, tau=config.tau, seed=config.seed)
+    train_users = seeded_sample(cohort, config.train_users, [config.seed, 19])
+    valid_users = seeded_sample(cohort, config.valid_users, [config.seed, 13])
+    lw = ListwiseConfig(
+        lists_per_user=config.lists_per_user,
+        epochs=config.epochs,
+        lr=config.lr,
+        lam=config.lam,
+        tau=config.tau,
+        seed=config.seed,
+    )
     builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
     clock = time.perf_counter()
     examples = training_lists(split, first.score_all, train_users, lw)

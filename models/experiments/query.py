@@ -50,7 +50,7 @@ from models.evaluation.protocols import (
     query_lists,
     query_row,
 )
-from models.evaluation.stats import RESAMPLES, compare_ranks, paired_bootstrap
+from models.evaluation.stats import RESAMPLES, compare_ranks, paired_bootstrap, seeded_sample
 from models.federation import Aggregator
 from models.firststage.fit import TrainedModel, train_model
 from models.firststage.recipe import CentralConfig, FederatedConfig
@@ -279,12 +279,7 @@ def lm_row(
 
 def sample_users(users: Sequence[int], n: int | None, seed: int) -> list[int]:
     """A seeded sample of ``n`` users (all of them when ``n`` is None or not smaller), sorted."""
-    if n is not None and n < 1:
-        raise ValueError(f"the sample needs at least one user, got {n}")
-    if n is None or n >= len(users):
-        return sorted(int(u) for u in users)
-    rng = np.random.default_rng([seed, 43])
-    return sorted(int(u) for u in rng.choice(np.asarray(users), size=n, replace=False))
+    return seeded_sample(users, n, [seed, 43])
 
 
 def pick_query_weight(

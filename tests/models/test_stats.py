@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from models.evaluation.stats import compare_ranks, compare_runs, likelihood_ratio_test, paired_bootstrap, per_user
+from models.evaluation.stats import (
+    compare_ranks,
+    compare_runs,
+    likelihood_ratio_test,
+    paired_bootstrap,
+    per_user,
+    seeded_sample,
+)
 
 
 def test_paired_bootstrap_of_two_users_has_the_known_interval() -> None:
@@ -67,3 +74,14 @@ def test_compare_runs_pairs_the_users_both_runs_ranked_and_gives_the_ratio_with_
     assert same["relative_ndcg10"] == 0.0 and same["relative_ndcg10_ci95"] == [0.0, 0.0]
     with pytest.raises(ValueError, match="no user in common"):
         compare_runs({1: 0}, {2: 0})
+
+
+def test_seeded_sample_is_reproducible_sorted_and_checked() -> None:
+    users = list(range(100, 0, -1))
+    sample = seeded_sample(users, 10, [0, 43])
+    assert sample == sorted(sample) and len(set(sample)) == 10 and set(sample) <= set(users)
+    assert sample == seeded_sample(users, 10, [0, 43])  # the same users for the same arguments
+    assert sample != seeded_sample(users, 10, [1, 43])
+    assert seeded_sample(users, None, [0]) == seeded_sample(users, 500, [0]) == sorted(users)
+    with pytest.raises(ValueError, match="at least one user"):
+        seeded_sample(users, 0, [0])
