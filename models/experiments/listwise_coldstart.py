@@ -36,6 +36,7 @@ from models.evaluation.protocols import COLDSTART_KS, coldstart_cut, coldstart_u
 from models.evaluation.stats import compare_runs, seeded_sample
 from models.experiments.feature_rerank import candidate_lists
 from models.experiments.persona_rerank import Candidates
+from models.experiments.pilot import listwise_reranked
 from models.firststage.fit import TrainedModel, cold_private_model, train_federated
 from models.firststage.recipe import FederatedConfig
 from models.fm.assets import gguf_path, torch_dir
@@ -46,7 +47,7 @@ from models.fm.listwise import (
     ListwiseConfig,
     ListwisePromptBuilder,
     cache_lists,
-    score_list,
+    ranked_list,
     train_listwise_adapter,
 )
 from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
@@ -90,28 +91,8 @@ def coldstart_training_lists(
         outside = np.setdiff1d(np.arange(split.n_items), seen)
         rng = np.random.default_rng([config.seed, int(user), k, 29])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-        candidates = np.concatenate([[target], negatives]).astype(np.int64)
-        scores = np.asarray(score_all(int(user), history), dtype=np.float64)[candidates]
-        top = np.argsort(-scores, kind="stable")[: config.k]
-        where = np.flatnonzero(top == 0)
-        slot = int(where[0]) if len(where) else None
-        out.append(ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot))
+        out.append(ranked_list(int(user), history, target, negatives, score_all, config.k))
     return out
-
-
-def _scored(
-    fm: FoundationModel, builder: ListwisePromptBuilder, cut: Split, lists: dict[int, Candidates]
-) -> list[RerankedList]:
-    """The listwise letter scores of each user's first-stage top 20 after the user's (cut) history."""
-    return [
-        RerankedList(
-            c.top,
-            c.first[c.top],
-            score_list(fm, builder, cut.users[u].train, c.items[c.top].tolist()),
-            c.positive_first_rank,
-        )
-        for u, c in lists.items()
-    ]
 
 
 def _row(
@@ -212,8 +193,8 @@ def run_listwise_coldstart(
                 for name, scale in variants:
                     if adapter is not None:
                         fm.set_scales(shared=scale)
-                    valid = _scored(fm, builder, cut, lists["valid"])
-                    test = _scored(fm, builder, cut, lists["test"])
+                    valid = listwise_reranked(fm, builder, cut, lists["valid"])
+                    test = listwise_reranked(fm, builder, cut, lists["test"])
                     row[name] = _row(cold, valid, test, first_test)
                 per_k[f"k={k}"] = row
                 if progress is not None:

@@ -193,10 +193,11 @@ class ListwisePilotConfig:
     seed: int = 0
 
 
-def _listwise_scores(
+def listwise_reranked(
     fm: FoundationModel, builder: ListwisePromptBuilder, split: Split, lists: dict[int, Candidates]
 ) -> list[RerankedList]:
-    """One listwise prompt per user: the letter logits of the first stage's top K, as blendable lists."""
+    """One listwise prompt per user (after the user's training items in ``split``): the letter logits of the first
+    stage's top K, as blendable lists."""
     return [
         RerankedList(
             c.top,
@@ -269,10 +270,10 @@ def run_listwise_pilot(
         path = Path(folder) / "shared_listwise.gguf"
         export_gguf(trained, path)
         with FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm:
-            base = _listwise_scores(fm, builder, split, valid_lists)
+            base = listwise_reranked(fm, builder, split, valid_lists)
             fm.load_adapter("shared", path)
             fm.set_scales(shared=1.0)
-            adapted = _listwise_scores(fm, builder, split, valid_lists)
+            adapted = listwise_reranked(fm, builder, split, valid_lists)
     timings["valid_scoring_s"] = time.perf_counter() - clock
     return {
         "config": asdict(config),

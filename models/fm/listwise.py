@@ -202,15 +202,24 @@ def sequence_lists(
         history = train[: len(train) - back]
         target = int(train[len(train) - back])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-        candidates = np.concatenate([[target], negatives]).astype(np.int64)
-        scores = np.asarray(score_all(user, history), dtype=np.float64)[candidates]
-        top = np.argsort(-scores, kind="stable")[: config.k]
-        where = np.flatnonzero(top == 0)
-        slot = int(where[0]) if len(where) else None
-        if slot is None and config.skip_missing:
+        example = ranked_list(user, history, target, negatives, score_all, config.k)
+        if example.target is None and config.skip_missing:
             continue
-        out.append(ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot))
+        out.append(example)
     return out
+
+
+def ranked_list(
+    user: int, history: IntArray, target: int, negatives: IntArray, score_all: ScoreAllFn, k: int
+) -> ListExample:
+    """The training list of ``target`` against ``negatives`` after ``history``: the first stage's top ``k`` of them
+    in its order, their scores, and the target's slot (None when it is not in the top ``k``)."""
+    candidates = np.concatenate([[target], negatives]).astype(np.int64)
+    scores = np.asarray(score_all(int(user), history), dtype=np.float64)[candidates]
+    top = np.argsort(-scores, kind="stable")[:k]
+    where = np.flatnonzero(top == 0)
+    slot = int(where[0]) if len(where) else None
+    return ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot)
 
 
 def teacher_logits(first: NDArray[np.floating], tau: float) -> NDArray[np.float64]:
