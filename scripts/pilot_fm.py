@@ -14,7 +14,7 @@ the other) for the base model and the adapter.
 
 --listwise --coldstart measures the listwise model on the cold-start protocol instead: the first stage on the warm
 80 % of users (--rounds, default 40), the cold users' lists at k = 0, 1, 3, 5 items rescored by the base model and by
-a shared listwise adapter trained on --train-users warm users' k-item lists (default 75; 0: base model only); the
+a shared listwise adapter trained on --train-users warm users' k-item lists (0: base model only); the
 blend weight is picked per k on validation lists, and the test figures carry paired bootstrap intervals
 (models.experiments.listwise_coldstart).
 
@@ -42,13 +42,14 @@ from models.experiments.pilot import ListwisePilotConfig, PilotConfig, run_listw
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     defaults = PilotConfig()
+    cold = ListwiseColdstartConfig()
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--cohort", type=int, default=defaults.cohort, help="users the first stage trains on")
     parser.add_argument(
         "--rounds",
         type=int,
         default=None,
-        help=f"federated rounds of the first stage (default {defaults.rounds}; --coldstart: 40)",
+        help=f"federated rounds of the first stage (default {defaults.rounds}; --coldstart: {cold.rounds})",
     )
     parser.add_argument(
         "--valid-users",
@@ -64,7 +65,10 @@ def main() -> None:
         "--train-users",
         type=int,
         default=None,
-        help=f"--listwise: users with a training list (default {listwise.train_users}; --coldstart: 75, 0 for none)",
+        help=(
+            f"--listwise: users with training lists (default {listwise.train_users}; "
+            f"--coldstart: {cold.train_users}, 0 for the base model only)"
+        ),
     )
     parser.add_argument(
         "--lists-per-user",
@@ -82,33 +86,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.coldstart and not args.listwise:
         parser.error("--coldstart measures the listwise model: add --listwise")
-    cold = ListwiseColdstartConfig()
-    if args.coldstart:
-        if args.rounds is None:
-            args.rounds = cold.rounds
-        if args.train_users is None:
-            args.train_users = cold.train_users
-        if args.train_users < 0 or (args.cold_users is not None and args.cold_users < 1):
-            parser.error("--train-users takes 0 or more, --cold-users a positive number")
+    if args.rounds is None:
+        args.rounds = cold.rounds if args.coldstart else defaults.rounds
+    if args.train_users is None:
+        args.train_users = cold.train_users if args.coldstart else listwise.train_users
+    if args.valid_users is None:
+        args.valid_users = listwise.valid_users if args.listwise else defaults.valid_users
+    if min(args.cohort, args.rounds, args.valid_users, args.test_users, args.epochs, args.lists_per_user) < 1:
+        parser.error(
+            "--cohort, --rounds, --valid-users, --test-users, --epochs and --lists-per-user take positive numbers"
+        )
+    if args.train_users < (0 if args.coldstart else 1) or (args.cold_users is not None and args.cold_users < 1):
+        parser.error("--train-users takes a positive number (0 or more with --coldstart), --cold-users a positive one")
     coldstart_config = ListwiseColdstartConfig(
-        rounds=args.rounds or cold.rounds,
+        rounds=args.rounds,
         cold_users=args.cold_users,
-        train_users=cold.train_users if args.train_users is None else args.train_users,
+        train_users=args.train_users,
         epochs=args.epochs,
         seed=args.seed,
     )
-    if args.rounds is None:
-        args.rounds = defaults.rounds
-    if args.train_users is None:
-        args.train_users = listwise.train_users
-    if args.valid_users is None:
-        args.valid_users = listwise.valid_users if args.listwise else defaults.valid_users
-    if min(args.cohort, args.rounds, args.valid_users, args.test_users, args.epochs, args.lists_per_user) < 1 or (
-        args.train_users < 1 and not args.coldstart
-    ):
-        parser.error(
-            "--cohort, --rounds, --valid-users, --test-users, --train-users and --epochs take positive numbers"
-        )
     listwise_config = ListwisePilotConfig(
         cohort=args.cohort,
         rounds=args.rounds,

@@ -4,6 +4,8 @@ figures agree with one another and with the weight validation picked."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,21 @@ def test_a_small_run_reports_consistent_rows(_catalog_embeddings: Path) -> None:
             assert base["test"] == first  # weight 0 is the first stage's own order
         for auc in base["auc_in_top_k"].values():
             assert auc is None or 0.0 <= auc <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--coldstart"], "add --listwise"),
+        (["--listwise", "--coldstart", "--train-users", "-1"], "0 or more with --coldstart"),
+        (["--listwise", "--coldstart", "--cold-users", "0"], "--cold-users a positive one"),
+        (["--listwise", "--train-users", "0"], "--train-users takes a positive number"),
+        (["--listwise", "--lists-per-user", "0"], "--lists-per-user take positive numbers"),
+    ],
+)
+def test_the_pilot_script_refuses_bad_sizes_with_a_clear_message(args: list[str], message: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "pilot_fm.py"), *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
