@@ -11,6 +11,9 @@ from numpy.typing import NDArray
 FloatArray = NDArray[np.float32]
 IntArray = NDArray[np.int64]
 
+ScoreAllFn = Callable[[int, IntArray], FloatArray]
+"""A first stage's scores of every catalog item for (user, history)."""
+
 Progress = Callable[[str, dict[str, Any]], None]
 """A structured progress report: an event name ("round", "epoch", ...) and its fields."""
 

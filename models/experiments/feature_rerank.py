@@ -23,9 +23,8 @@ from models.data.split import Split
 from models.evaluation.metrics import summarize
 from models.evaluation.stats import compare_ranks, fit_logistic, logistic_scores
 from models.experiments.persona_rerank import Candidates, candidates_for
-from models.fm.adapter_training import ScoreAllFn
 from models.fm.blend import zscore
-from models.types import FloatArray, IntArray
+from models.types import FloatArray, IntArray, ScoreAllFn
 
 FEATURES: tuple[str, ...] = (
     "first_stage_z",

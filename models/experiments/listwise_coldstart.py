@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,9 +52,7 @@ from models.fm.listwise import (
 )
 from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
 from models.fm.serving import FoundationModel
-from models.types import FloatArray, IntArray, Progress
-
-ScoreAll = Callable[[int, IntArray], FloatArray]
+from models.types import FloatArray, Progress, ScoreAllFn
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class ListwiseColdstartConfig:
 
 
 def coldstart_training_lists(
-    split: Split, score_all: ScoreAll, users: Sequence[int], k: int, config: ListwiseConfig
+    split: Split, score_all: ScoreAllFn, users: Sequence[int], k: int, config: ListwiseConfig
 ) -> list[ListExample]:
     """Warm users' training lists shaped like a newcomer's: history = their first ``k`` training items, target =
     their last training item, ``config.negatives`` negatives drawn from outside their whole history (training,
@@ -120,6 +118,7 @@ def _train_adapter(
     builder: ListwisePromptBuilder,
     warm: list[int],
     config: ListwiseColdstartConfig,
+    federated: FederatedConfig,
     folder: Path,
     progress: Progress | None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -134,7 +133,7 @@ def _train_adapter(
     for k in config.ks:
         cut = coldstart_cut(split, users, k)
         examples += coldstart_training_lists(
-            split, cold_private_model(first.shared, cut, text_vectors, FederatedConfig()).score_all, users, k, lw
+            split, cold_private_model(first.shared, cut, text_vectors, federated).score_all, users, k, lw
         )
     order = np.random.default_rng([config.seed, 43]).permutation(len(examples))  # mix the ks across batches
     examples = [examples[i] for i in order]
@@ -175,7 +174,9 @@ def run_listwise_coldstart(
         training: dict[str, Any] | None = None
         if config.train_users > 0:
             clock = time.perf_counter()
-            adapter, training = _train_adapter(split, first, text_vectors, builder, warm, config, Path(tmp), progress)
+            adapter, training = _train_adapter(
+                split, first, text_vectors, builder, warm, config, federated, Path(tmp), progress
+            )
             timings["adapter_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
         with FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm:

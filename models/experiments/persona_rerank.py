@@ -22,14 +22,14 @@ from models.data.split import Split
 from models.evaluation.metrics import summarize
 from models.firststage.fit import scorer_model
 from models.firststage.scorer import PrivateParams, SharedParams
-from models.fm.adapter_training import AdapterConfig, ScoreAllFn, train_private_adapter
+from models.fm.adapter_training import AdapterConfig, train_private_adapter
 from models.fm.assets import gguf_path, torch_dir
 from models.fm.blend import RerankedList, fm_auc, pick_weight, weight_curve
 from models.fm.lora import export_gguf
 from models.fm.prompts import PromptBuilder
 from models.fm.scoring import score_items
 from models.fm.serving import FoundationModel
-from models.types import FloatArray, IntArray, Progress
+from models.types import FloatArray, IntArray, Progress, ScoreAllFn
 
 VARIANTS: tuple[str, ...] = ("base", "shared", "both")  # adapters on when the FM rescores: none, φ_g, φ_g + φ_u
 

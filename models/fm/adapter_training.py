@@ -14,7 +14,6 @@ Torch-free at import: the torch model is passed in by the caller (the training w
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -25,13 +24,12 @@ from models.data.split import Split
 from models.federation import Aggregator, WeightedMeanAggregator, aggregate_round
 from models.fm.lora import LoraWeights, default_private_spec, default_shared_spec
 from models.fm.prompts import PromptBuilder
-from models.types import FloatArray, IntArray, Progress
+from models.types import FloatArray, IntArray, Progress, ScoreAllFn
 
 if TYPE_CHECKING:
     from models.fm.torch_model import TorchFM
 
 Pairs = list[tuple[list[int], int, int]]  # (history, candidate item, label 1 = liked)
-ScoreAllFn = Callable[[int, IntArray], FloatArray]  # (user, history) -> first-stage score of every item
 
 
 @dataclass(frozen=True)

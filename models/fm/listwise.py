@@ -33,7 +33,7 @@ position only and reads the 20 letter values of that row. Torch-free at import: 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -48,7 +48,7 @@ from models.fm.blend import zscore
 from models.fm.lora import LoraWeights
 from models.fm.pace import Pace
 from models.fm.prompts import BOS, TokenPrompts
-from models.types import FloatArray, IntArray, Progress
+from models.types import FloatArray, IntArray, Progress, ScoreAllFn
 
 if TYPE_CHECKING:
     from models.fm.torch_model import ListwiseRun, TopCache, TorchFM
@@ -56,8 +56,6 @@ if TYPE_CHECKING:
 LETTERS = "ABCDEFGHIJKLMNOPQRST"
 LIST_SIZE = len(LETTERS)
 HISTORY_ITEMS = 10
-
-ScoreAllFn = Callable[[int, IntArray], FloatArray]  # (user, history) -> first-stage score of every item
 
 
 class ListwisePromptBuilder(TokenPrompts):
