@@ -24,7 +24,7 @@ Example ``config.toml`` (every field is optional)::
 
     [rerank]                  # the second stage: the language model rescores the first stage's top k
     enabled = true
-    k = 20
+    k = 20                    # at most 20: one listwise prompt letters them A to T
     # weight = 0.1            # final = z(first stage) + weight · z(language model), over the top k;
                               # unset: the measured weight (models.fm.measured: 0, the rerank is off);
                               # 0.1 is the most validation picked (base or shared adapter, +0.2 % NDCG@10)
@@ -132,14 +132,18 @@ def sync_settings() -> SyncSettings:
     return SyncSettings(**values)
 
 
+MAX_RERANK_K = 20
+"""The most candidates the language model's listwise prompt letters (A to T: :data:`models.fm.listwise.LIST_SIZE`)."""
+
+
 @dataclass(frozen=True)
 class RerankSettings:
     """The ``[rerank]`` table: the second stage of suggestions (the foundation model with the LoRA adapters)."""
 
     enabled: bool = True
     """Rescore the first stage's top ``k`` with the language model (needs a trained LoRA; see the README)."""
-    k: int = 20
-    """How many of the first stage's best items the language model rescores (1-50; ~50 ms each)."""
+    k: int = MAX_RERANK_K
+    """How many of the first stage's best items the language model rescores in one listwise prompt (1-20)."""
     weight: float | None = None
     """Pull of the language model in the blend ``z(first stage) + weight · z(language model)``; None: the measured
     weight (:func:`agent.engine.rerank_weight.weight_in_force`), 0 turns the rerank off."""
@@ -266,8 +270,11 @@ def _rerank_settings(raw: object, path: Path) -> RerankSettings:
     )
     if not isinstance(enabled, bool):
         raise ProfileError(f"rerank.enabled in {path} must be true or false, not {enabled!r}.")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 50:
-        raise ProfileError(f"rerank.k in {path} must be a whole number from 1 to 50, not {k!r}.")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RERANK_K:
+        raise ProfileError(
+            f"rerank.k in {path} must be a whole number from 1 to {MAX_RERANK_K}, not {k!r}.",
+            hint=f"The language model's listwise prompt letters at most {MAX_RERANK_K} candidates (A to T).",
+        )
     if weight is None:
         return RerankSettings(enabled=enabled, k=k)
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:

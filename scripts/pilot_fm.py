@@ -4,13 +4,15 @@ adds to the first stage, the blend's and feature_rerank's ΔNDCG@10 with paired 
 
 Usage: .venv/bin/python scripts/pilot_fm.py [--json] [--cohort N] [--rounds N] [--valid-users N] [--test-users N]
        .venv/bin/python scripts/pilot_fm.py --listwise [--json] [--cohort N] [--rounds N] [--train-users N]
-           [--valid-users N] [--epochs N] [--lists-per-user N]
+           [--valid-users N] [--epochs N] [--lists-per-user N] [--shuffle] [--lam X ...]
        .venv/bin/python scripts/pilot_fm.py --listwise --coldstart [--json] [--rounds N] [--train-users N]
            [--cold-users N] [--epochs N]
 
 --listwise trains a shared listwise adapter centrally on the cohort's training lists and reports, on validation
 lists only, the model's within-list AUC and the blend's ΔNDCG@10 (weight picked on one half of the users, reported on
-the other) for the base model and the adapter.
+the other) for the base model and the adapter. --shuffle letters the candidates in a seeded random order (training and
+scoring), so a letter no longer carries the first stage's rank; each --lam trains one adapter with that distillation
+weight on the same cached lists.
 
 --listwise --coldstart measures the listwise model on the cold-start protocol instead: the first stage on the warm
 80 % of users (--rounds, default 40), the cold users' lists at k = 0, 1, 3, 5 items rescored by the base model and by
@@ -78,6 +80,18 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=listwise.epochs, help="--listwise: epochs over the lists")
     parser.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="--listwise: letter the candidates in a seeded random order, not first-stage order",
+    )
+    parser.add_argument(
+        "--lam",
+        type=float,
+        action="append",
+        default=None,
+        help=f"--listwise: distillation weight; repeat to train one adapter per weight (default {listwise.lams[0]})",
+    )
+    parser.add_argument(
         "--coldstart", action="store_true", help="with --listwise: the cold-start protocol (k = 0, 1, 3, 5 items)"
     )
     parser.add_argument(
@@ -86,6 +100,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.coldstart and not args.listwise:
         parser.error("--coldstart measures the listwise model: add --listwise")
+    if (args.shuffle or args.lam is not None) and (args.coldstart or not args.listwise):
+        parser.error("--shuffle and --lam belong to the listwise pilot: use them with --listwise, without --coldstart")
+    if args.lam is not None and any(not 0 <= lam <= 100 for lam in args.lam):
+        parser.error("--lam takes a distillation weight between 0 and 100")
     if args.rounds is None:
         args.rounds = cold.rounds if args.coldstart else defaults.rounds
     if args.train_users is None:
@@ -112,6 +130,8 @@ def main() -> None:
         lists_per_user=args.lists_per_user,
         valid_users=args.valid_users,
         epochs=args.epochs,
+        lams=tuple(args.lam) if args.lam is not None else listwise.lams,
+        shuffle=args.shuffle,
         seed=args.seed,
     )
     config = PilotConfig(

@@ -15,6 +15,7 @@ from agent.cli.console import emit_json, err, fail, out
 from agent.cli.plot import PLOT_HELP, drawn_instead
 from agent.cli.session import ask_passphrase, open_profile, open_store, settings_or_fail
 from agent.engine.budget import privacy_budget
+from agent.engine.personality import private_lora_examples
 from agent.engine.rerank_weight import weight_in_force
 from agent.errors import ProfileError
 from agent.settings import PASSPHRASE_ENV
@@ -109,7 +110,7 @@ def inspect(
     out.print(f"shared adapter: {body['shared_adapter']['version']}")
     lora = body["private_lora"]
     out.print(
-        f"private LoRA (language model): {lora['pairs']} pairs, loss {lora['loss']:.3f}, "
+        f"private LoRA (language model): {private_lora_examples(lora)}, loss {lora['loss']:.3f}, "
         f"|ΔW| {lora['delta_norm']:.3f}, {lora['bytes'] or 0:,} bytes, revision {lora['revision']}"
         if lora["stored"]
         else "private LoRA (language model): not trained (needs 5 liked items, then `agent train`)"

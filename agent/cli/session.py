@@ -59,7 +59,7 @@ def retrain(store: ProfileStore) -> None:
     err.print(f"private adapter retrained on {result['n_examples']} examples in {result['seconds']:.1f} s")
     lora = result.get("private_lora") or {}
     if lora.get("trained"):
-        err.print(f"private LoRA retrained on {lora['pairs']} pairs in {lora['seconds']:.1f} s ({lora['bytes']:,} B)")
+        err.print(f"private LoRA retrained on {lora['lists']} lists in {lora['seconds']:.1f} s ({lora['bytes']:,} B)")
     elif lora:
         removed = " (the previous one was removed)" if lora.get("removed_previous") else ""
         err.print(f"private LoRA not trained: {lora['skipped']}{removed}")

@@ -49,6 +49,14 @@ def tag_lifts(
     return affinities, aversions
 
 
+def private_lora_examples(summary: dict[str, Any]) -> str:
+    """What a stored private LoRA (its :func:`lora_summary`) trained on, in words: "7 lists", or for one an earlier
+    version trained on pointwise pairs, that the rerank does not serve it until the next training run."""
+    if "lists" in summary:
+        return f"{summary['lists']} lists"
+    return f"{summary.get('pairs', '?')} pointwise pairs (an earlier version's: not served; `agent train` replaces it)"
+
+
 def lora_summary(record: AdapterRecord | None) -> dict[str, Any]:
     """What ``agent inspect`` says about a LoRA adapter of the language model (its record's meta and file)."""
     if record is None:

@@ -1,11 +1,14 @@
-"""The private LoRA φ_u of the foundation model, trained in the worker process on the person's own pairs.
+"""The private LoRA φ_u of the foundation model, trained in the worker process on the person's own lists.
 
-Each run of the training worker replaces the private LoRA: the pairs are the person's liked items in time order
-(each recent one, after the items before it, against a negative drawn from the first stage's top candidates for the
-same history — :func:`models.fm.adapter_training.agent_pairs`, the pairs the evaluation trains on), trained with the
-current shared LoRA attached and frozen (:func:`models.fm.adapter_training.train_private_adapter`), exported to GGUF
-and stored through :class:`agent.store.profile_store.ProfileStore` (new file, then the row switch). The shared LoRA
-is the synced one when the profile has one (:data:`agent.store.records.SHARED_LORA`), else the zero-initialised
+Each run of the training worker replaces the private LoRA. It trains on the same listwise lists and loss the rerank
+serves and a sync's shared φ_g trains on (:func:`models.fm.listwise.train_on_own_lists`): each of the person's
+latest liked items (up to 8) after the items before it, among the first stage's top 20 of it and 99 unseen items,
+cross-entropy over the letters plus distillation towards the first stage. The current shared LoRA is attached and
+frozen; the private one (:func:`models.fm.lora.default_private_spec`) trains from the cached inputs of its first
+layer for at most :data:`models.fm.listwise.PRIVATE_SECONDS` (model load excluded) and
+:data:`models.fm.listwise.PRIVATE_MAX_EPOCHS` epochs. It is exported to
+GGUF and stored through :class:`agent.store.profile_store.ProfileStore` (new file, then the row switch). The shared
+LoRA is the synced one when the profile has one (:data:`agent.store.records.SHARED_LORA`), else the zero-initialised
 default (B = 0: it changes nothing).
 
 When there is too little history (fewer than :data:`MIN_LIKED` liked items), the second stage is switched off or
@@ -26,17 +29,16 @@ from agent.engine.profile import Profile
 from agent.engine.rerank_weight import weight_in_force
 from agent.settings import RerankSettings
 from agent.store.profile_store import ProfileStore
-from agent.store.records import PRIVATE_LORA
+from agent.store.records import PRIVATE_LORA, PRIVATE_LORA_PROMPT
 from models.errors import AssetError
 from models.firststage.scorer import PrivateParams
-from models.fm.adapter_training import AdapterConfig, train_private_adapter
 from models.fm.assets import gguf_path, require_torch_copy, torch_dir
-from models.fm.lora import LoraWeights, default_shared_spec, export_gguf, verify_gguf
-from models.fm.prompts import PromptBuilder
+from models.fm.listwise import PRIVATE_MAX_EPOCHS, PRIVATE_SECONDS, ListwisePromptBuilder, train_on_own_lists
+from models.fm.lora import LoraWeights, default_private_spec, default_shared_spec, export_gguf, verify_gguf
 from models.types import FloatArray, IntArray
 
 MIN_LIKED = 5
-"""Liked items needed before a private LoRA is trained (fewer give one or two pairs: noise, not taste)."""
+"""Liked items needed before a private LoRA is trained (fewer give three lists or less: noise, not taste)."""
 
 
 def skip_reason(n_liked: int, rerank: RerankSettings) -> str | None:
@@ -83,9 +85,20 @@ def train_private_lora(
         shared = LoraWeights.init(default_shared_spec(len(fm.layers)), fm.shapes())
         shared_version = "zero default (B = 0, no sync yet)"
     fm.attach("shared", shared)
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
-    config = AdapterConfig()
-    weights, loss, n_pairs = train_private_adapter(0, liked, score_all, fm, builder, config)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
+    start = LoraWeights.init(default_private_spec(len(fm.layers)), fm.shapes())
+    own = train_on_own_lists(
+        fm,
+        builder,
+        PRIVATE_LORA,
+        start,
+        liked,
+        scorer.item_vectors.shape[0],
+        score_all,
+        deadline=time.monotonic() + PRIVATE_SECONDS,
+        max_epochs=PRIVATE_MAX_EPOCHS,
+    )
+    weights, loss = own.training.weights, own.training.loss_after
     with tempfile.TemporaryDirectory(dir=store.folder, prefix=".lora-") as tmp:
         path = Path(tmp) / "private.gguf"
         digest = export_gguf(weights, path)
@@ -98,19 +111,23 @@ def train_private_lora(
         data,
         meta={
             "catalog": profile.catalog.name,
+            "prompt": PRIVATE_LORA_PROMPT,
             "gguf_sha256": digest,
             "layers": list(weights.spec.layers),
             "rank": weights.spec.rank,
-            "pairs": n_pairs,
+            "lists": own.lists,
+            "lists_with_target": own.lists_with_target,
+            "epochs": own.training.epochs,
+            "loss_before": round(own.training.loss_before, 5),
             "loss": round(loss, 5),
             "delta_norm": round(delta_norm, 5),
             "shared_lora": shared_version,
         },
     )
-    store.record_training(adapter=PRIVATE_LORA, n_examples=n_pairs, mean_loss=loss, seconds=seconds)
+    store.record_training(adapter=PRIVATE_LORA, n_examples=own.lists, mean_loss=loss, seconds=seconds)
     return {
         "trained": True,
-        "pairs": n_pairs,
+        "lists": own.lists,
         "loss": round(loss, 5),
         "delta_norm": round(delta_norm, 5),
         "bytes": len(data),

@@ -57,7 +57,8 @@ class Suggestion:
     first_stage_rank: int | None = None
     """1-based rank in the first stage, when the language model reranked the list (else None)."""
     fm_score: float | None = None
-    """The language model's logit(" Yes") − logit(" No") for this item, when it was reranked (else None)."""
+    """The language model's score for this item (its letter's logit in the listwise prompt), when it was reranked
+    (else None)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""

@@ -3,8 +3,10 @@
 The quantized Gemma runs in llama.cpp (:class:`models.fm.serving.FoundationModel`), loaded lazily once per process and
 kept (:data:`SERVED`), with the profile's LoRA adapters attached: the shared one when a sync has provided it and
 the private one the training worker wrote (:mod:`agent.engine.private_lora`). Adapters are reloaded when the store's
-record changes, so a retrain in the background shows in the next suggestions. Each of the top ``k`` is scored as
-logit(" Yes") − logit(" No") after a prompt of the person's recent history, and the final order of the top ``k`` is
+record changes, so a retrain in the background shows in the next suggestions. The top ``k`` (at most 20) are scored
+by one listwise prompt (:mod:`models.fm.listwise`: the person's recent history, their request when they asked for
+something, the candidates lettered in first-stage order; a candidate's score is its letter's logit) — the prompt the
+private LoRA and a sync's shared LoRA train for — and the final order of the top ``k`` is
 ``z(first stage) + weight · z(language model)`` (:func:`models.fm.blend.blend`); the items below keep their order.
 
 The rerank runs only when the blend weight in force is above 0 (:mod:`agent.engine.rerank_weight`: the person's
@@ -33,13 +35,13 @@ from agent.engine.profile import Profile, Suggestion
 from agent.engine.rerank_weight import weight_in_force
 from agent.settings import RerankSettings
 from agent.store.profile_store import ProfileStore
-from agent.store.records import PRIVATE_LORA, SHARED_LORA
+from agent.store.records import PRIVATE_LORA, PRIVATE_LORA_PROMPT, SHARED_LORA
 from models.assets import atomic_write_bytes, sha256_file
 from models.errors import AssetError, PersonaError
 from models.fm.assets import GGUF_SHA256, gguf_path, require_gguf, torch_dir
 from models.types import IntArray
 
-# models.fm.{serving,prompts,scoring,blend,lora} (and tokenizers) are imported where the rerank runs, not here: with
+# models.fm.{serving,listwise,blend,lora} (and tokenizers) are imported where the rerank runs, not here: with
 # the weight in force at 0 the suggest path and the TUI's first paint never need them (issue 15: ~60-130 ms)
 
 FM_VERIFIED_FILE = "foundation-model-verified.json"
@@ -121,12 +123,12 @@ class ServedModel:
     def _builder(self, profile: Profile) -> Any:
         name = profile.catalog.name
         if name not in self._builders:
-            from models.fm.prompts import PromptBuilder
+            from models.fm.listwise import ListwisePromptBuilder
 
             tokenizer = torch_dir() / "tokenizer.json"
             if not tokenizer.is_file():
                 raise AssetError(f"The foundation model's tokenizer {tokenizer} is missing.", hint="Run scripts/setup.")
-            self._builders[name] = PromptBuilder(tokenizer, profile.catalog)
+            self._builders[name] = ListwisePromptBuilder(tokenizer, profile.catalog)
         return self._builders[name]
 
     def _attach(self, fm: Any, store: ProfileStore, name: str, wanted: bool) -> float:
@@ -157,10 +159,25 @@ class ServedModel:
             export_gguf(stored[0], path)
             fm.load_adapter(SHARED_LORA, path)
 
-    def score(self, profile: Profile, history: IntArray, items: list[int], *, use_private: bool) -> np.ndarray:
-        """The language model's scores of ``items`` after ``history``, with the profile's adapters."""
-        from models.fm.scoring import score_items
+    def score(
+        self,
+        profile: Profile,
+        history: IntArray,
+        items: list[int],
+        *,
+        use_private: bool,
+        request: str | None = None,
+    ) -> np.ndarray:
+        """The language model's scores of ``items`` (the first stage's top, best first; at most
+        :data:`models.fm.listwise.LIST_SIZE`) from one listwise prompt after ``history`` and the person's
+        ``request`` if any, with the profile's adapters."""
+        from models.fm.listwise import LIST_SIZE, score_list
 
+        if not 1 <= len(items) <= LIST_SIZE:
+            raise PersonaError(
+                f"The language model rescores 1 to {LIST_SIZE} candidates at a time, not {len(items)}.",
+                hint=f"Set [rerank] k to at most {LIST_SIZE} in config.toml.",
+            )
         with self._lock:
             fm = self._model(len(items))
             builder = self._builder(profile)
@@ -169,16 +186,21 @@ class ServedModel:
                 PRIVATE_LORA: self._attach(fm, profile.store, PRIVATE_LORA, use_private),
             }
             fm.set_scales(**{name: scale for name, scale in scales.items() if name in self._loaded})
-            return np.asarray(score_items(fm, builder, history, items), dtype=np.float64)
+            return np.asarray(score_list(fm, builder, history, items, request), dtype=np.float64)
 
 
 SERVED = ServedModel()
 """The process-wide foundation model (the CLI uses it once; the TUI keeps it loaded between suggestions)."""
 
 
-def _private_lora_usable(profile: Profile) -> bool:
+def private_lora_usable(profile: Profile) -> bool:
+    """A stored private LoRA for this catalog, trained for the prompt served here (not an earlier pointwise one)."""
     record = profile.store.adapter_record(PRIVATE_LORA)
-    return record is not None and record.meta.get("catalog") == profile.catalog.name
+    return (
+        record is not None
+        and record.meta.get("catalog") == profile.catalog.name
+        and record.meta.get("prompt") == PRIVATE_LORA_PROMPT
+    )
 
 
 def skip_reason(profile: Profile, settings: RerankSettings, *, requested: bool = True) -> str | None:
@@ -190,7 +212,7 @@ def skip_reason(profile: Profile, settings: RerankSettings, *, requested: bool =
         return in_force.why
     if not gguf_path().is_file():
         return "the foundation model is not prepared (run scripts/setup)"
-    if not _private_lora_usable(profile) and profile.store.adapter_record(SHARED_LORA) is None:
+    if not private_lora_usable(profile) and profile.store.adapter_record(SHARED_LORA) is None:
         return "no trained LoRA yet: the private one needs 5 liked items and a training run (`agent train`)"
     return None
 
@@ -203,8 +225,11 @@ def _moved(old: int, new: int) -> str:
     return f"the language model kept it at #{old}"
 
 
-def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSettings) -> RerankOutcome:
-    """Rescore the first ``settings.k`` of the first stage's list ``first`` (best first) and blend; the top ``n``.
+def rerank(
+    profile: Profile, first: list[Suggestion], n: int, settings: RerankSettings, *, query: str | None = None
+) -> RerankOutcome:
+    """Rescore the first ``settings.k`` of the first stage's list ``first`` (best first; made for ``query`` if any,
+    which the prompt then carries) and blend; the top ``n``.
 
     On a checksum or file problem, the first stage's list with the problem in ``error``.
     """
@@ -214,7 +239,9 @@ def rerank(profile: Profile, first: list[Suggestion], n: int, settings: RerankSe
         return RerankOutcome(first[:n], False, "fewer than two candidates: nothing to reorder")
     liked, _ = profile.feedback()
     try:
-        fm_scores = SERVED.score(profile, liked, [s.item for s in top], use_private=_private_lora_usable(profile))
+        fm_scores = SERVED.score(
+            profile, liked, [s.item for s in top], use_private=private_lora_usable(profile), request=query
+        )
     except (PersonaError, RuntimeError, OSError) as error:
         problem = error if isinstance(error, PersonaError) else PersonaError(f"The language model failed: {error}")
         return RerankOutcome(first[:n], False, "first stage only: " + problem.message, problem)
@@ -252,4 +279,4 @@ def suggest(
     if reason is not None:
         return RerankOutcome(profile.suggest(n, query=query, exclude=exclude), False, "first stage only: " + reason)
     first = profile.suggest(max(n, settings.k), query=query, exclude=exclude)
-    return rerank(profile, first, n, settings)
+    return rerank(profile, first, n, settings, query=query)

@@ -5,16 +5,16 @@ When a round carries φ_g (the coordinator runs with ``--phi-size``), the sync's
 public seeded one) is attached to the torch copy of the model, trained on this person's listwise lists — the same
 lists and loss as the product's listwise training (:mod:`models.fm.listwise`): each of the latest liked items after
 the items before it, among the first stage's top 20 of it and 99 unseen items, cross-entropy over the letters plus
-distillation towards the first stage — and φ_after − φ_before is the φ part of the delta (the sync client clips it to
-its own bound). Only the shared ``B`` factors are in it: the private LoRA is neither attached nor read, and nothing
-else about the person leaves.
+distillation towards the first stage (:func:`models.fm.listwise.train_on_own_lists` with
+:data:`models.fm.listwise.OWN_LIST_CONFIG`: up to 8 lists, four per step; the worker's private LoRA trains the same
+way) — and φ_after − φ_before is the φ part of the delta (the sync client clips it to its own bound). Only the shared
+``B`` factors are in it: the private LoRA is neither attached nor read, and nothing else about the person leaves.
 
 The work is bounded by ``[sync] lm_train_seconds`` (model load included): the most recent lists are cached first
-within half the budget, then the steps use the rest; no batch or step starts that would not end within its share at
-the pace of the one before, but at least one of each runs (on a slow or busy machine the budget is passed by that
-much). It runs at the worker's low priority. A
-profile with fewer than two liked items forms no list; then (or with the budget at 0, or the model not prepared)
-the φ delta is zero and the summary says why.
+within half the time left after the load, then the steps use the rest; no batch or step starts that would not end
+within its share at the pace of the one before, but at least one of each runs (on a slow or busy machine the budget
+is passed by that much). It runs at the worker's low priority. A profile with fewer than two liked items forms no
+list; then (or with the budget at 0, or the model not prepared) the φ delta is zero and the summary says why.
 
 Imports torch (through :mod:`models.fm.torch_model`) only inside :func:`train_shared_lora`, in the worker process.
 """
@@ -31,21 +31,15 @@ from agent.store.profile_store import ProfileStore
 from models.errors import AssetError
 from models.firststage.scorer import FirstStageScorer, PrivateParams
 from models.fm.assets import require_torch_copy, torch_dir
-from models.fm.listwise import ListwiseConfig, ListwisePromptBuilder, cache_lists, sequence_lists, train_listwise_for
+from models.fm.listwise import ListwisePromptBuilder, train_on_own_lists
 from models.types import FloatArray, IntArray
 
 if TYPE_CHECKING:
     from models.data.catalog import Catalog
     from models.fm.torch_model import TorchFM
 
-LISTS = 8
-"""Lists per sync at most: the latest liked items, each after the items before it."""
-BATCH = 4
-"""Lists per cached batch and per optimizer step (the budget's granularity)."""
 MAX_EPOCHS = 4
 """Epochs over the cached lists at most (one Adam step already moves φ_g by about its clip bound)."""
-LIST_CONFIG = ListwiseConfig(lists_per_user=LISTS, batch=BATCH)
-"""How the lists are built and trained (the product's listwise recipe: λ 0.5, τ 0.5, Adam at 1e-3)."""
 
 
 def skip_reason(n_liked: int, seconds: float) -> str | None:
@@ -85,31 +79,36 @@ def train_shared_lora(
     def score_all(_user: int, history: IntArray) -> FloatArray:
         return scorer.score_all(history, private)
 
-    lists = sequence_lists(0, np.asarray(liked, dtype=np.int64), scorer.item_vectors.shape[0], score_all, LIST_CONFIG)
     if fm is None:
         from models.fm.torch_model import TorchFM  # torch: loaded here, in the worker process, never in the app
 
         fm = TorchFM()
     loaded = time.monotonic()
     builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
-    first = before.spec.layers[0]
-    cached = cache_lists(fm, builder, lists, first, LIST_CONFIG, deadline=started + seconds / 2)
-    cached_at = time.monotonic()
-    run = train_listwise_for(
-        fm, "shared", before, cached, LIST_CONFIG, deadline=started + seconds, max_epochs=MAX_EPOCHS
+    own = train_on_own_lists(
+        fm,
+        builder,
+        "shared",
+        before,
+        liked,
+        scorer.item_vectors.shape[0],
+        score_all,
+        deadline=started + seconds,
+        max_epochs=MAX_EPOCHS,
     )
     fm.attach("shared", None)
+    run = own.training
     delta = (run.weights.trainable_vector() - before.trainable_vector()).astype(np.float32)
     info: dict[str, Any] = {
-        "lists": len(cached),
-        "lists_with_target": sum(t >= 0 for batch in cached.targets for t in batch),
+        "lists": own.lists,
+        "lists_with_target": own.lists_with_target,
         "epochs": run.epochs,
         "steps": run.steps,
         "loss_before": round(run.loss_before, 5),
         "loss_after": round(run.loss_after, 5),
         "seconds": round(time.monotonic() - started, 2),
         "load_s": round(loaded - started, 2),
-        "cache_s": round(cached_at - loaded, 2),
+        "cache_s": round(own.cache_s, 2),
     }
     if not np.all(np.isfinite(delta)):
         return np.zeros_like(phi), {"trained": False, "skipped": "the training gave non-finite values", **info}

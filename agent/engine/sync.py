@@ -165,16 +165,16 @@ def register(url: str, identity: Identity, verify: ssl.SSLContext | bool, enroll
 def _language_model_scores(profile: Profile) -> ScoreFn | None:
     """The language model's scores with the profile's adapters (as the rerank serves them), or None when this agent
     cannot score with it: the rerank switched off, the model not prepared, or no trained adapter."""
-    from agent.store.records import PRIVATE_LORA, SHARED_LORA
+    from agent.store.records import SHARED_LORA
     from models.fm.assets import gguf_path
 
     if not load_settings().rerank.enabled or not gguf_path().is_file():
         return None
-    private = profile.store.adapter_record(PRIVATE_LORA)
-    use_private = private is not None and private.meta.get("catalog") == profile.catalog.name
+    from agent.engine.rerank import SERVED, private_lora_usable  # reason: the language model's code, when it can run
+
+    use_private = private_lora_usable(profile)
     if not use_private and profile.store.adapter_record(SHARED_LORA) is None:
         return None
-    from agent.engine.rerank import SERVED  # reason: the language model's code, only when it can score
 
     def score(history: IntArray, items: IntArray) -> FloatArray:
         scores = SERVED.score(profile, history, [int(i) for i in items], use_private=use_private)

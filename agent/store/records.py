@@ -13,6 +13,9 @@ SHARED_FIRST_STAGE = "shared_first_stage"
 """The shared first-stage parameters θ_g (from the federation, the demo, or the text bootstrap)."""
 PRIVATE_LORA = "private_lora"
 """The private LoRA φ_u of the foundation model, stored as the GGUF llama.cpp loads (trained by the worker)."""
+PRIVATE_LORA_PROMPT = "listwise"
+"""The prompt the private LoRA is trained for (its record's ``prompt``): the rerank serves no private LoRA trained for
+another (an earlier version's pointwise one waits for the next `agent train`)."""
 SHARED_LORA = "shared_lora"
 """The shared LoRA φ_g's numbers (what the federation averages); absent until a sync provides one."""
 

@@ -28,8 +28,17 @@ from models.data.movielens import load_ml100k
 from models.data.split import Split, make_loo_split
 from models.fm.adapter_training import AdapterConfig, agent_pairs, pair_prompts, train_private_adapter
 from models.fm.assets import gguf_path, torch_dir
-from models.fm.listwise import ListwiseConfig, ListwisePromptBuilder, cache_lists, score_list, training_lists
-from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
+from models.fm.listwise import (
+    PRIVATE_MAX_EPOCHS,
+    PRIVATE_SECONDS,
+    ListwiseConfig,
+    ListwisePromptBuilder,
+    cache_lists,
+    score_list,
+    train_on_own_lists,
+    training_lists,
+)
+from models.fm.lora import LoraWeights, default_private_spec, default_shared_spec, export_gguf
 from models.fm.prompts import PromptBuilder
 from models.fm.scoring import score_items
 from models.fm.serving import FoundationModel
@@ -80,8 +89,9 @@ def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
 
 def train_figures() -> dict[str, Any]:
     """Train the private LoRA on one user's history and run one agent's local round of the shared LoRA, with the
-    recipe every agent runs and ``agent eval --model persona`` measures
-    (:class:`models.fm.adapter_training.AdapterConfig`); export both to GGUF.
+    pointwise recipe ``agent eval --model persona`` measures (:class:`models.fm.adapter_training.AdapterConfig`);
+    export both to GGUF. Then the private LoRA as the product trains it (``private_listwise_*``: the person's own
+    listwise lists, :func:`models.fm.listwise.train_on_own_lists`, under its budget).
 
     Negatives come from the training counts' top items outside the user's history (the real system uses the first
     stage's; the cost is the same)."""
@@ -118,6 +128,27 @@ def train_figures() -> dict[str, Any]:
     out["shared_gguf_bytes"] = (folder / "shared.gguf").stat().st_size
     out["private_gguf_bytes"] = (folder / "private.gguf").stat().st_size
     out["shared_upload_floats"] = int(shared.trainable_vector().size)
+    # the product's private LoRA (agent train): listwise, on the person's own lists, under its budget
+    model.attach("shared", shared)
+    lists_builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
+    start_weights = LoraWeights.init(default_private_spec(), model.shapes())
+    t = time.perf_counter()
+    own = train_on_own_lists(
+        model,
+        lists_builder,
+        "private_listwise",
+        start_weights,
+        user.train,
+        split.n_items,
+        score_all,
+        deadline=time.monotonic() + PRIVATE_SECONDS,
+        max_epochs=PRIVATE_MAX_EPOCHS,
+    )
+    out["private_listwise_s"] = time.perf_counter() - t
+    out["private_listwise_cache_s"] = own.cache_s
+    out["private_listwise_lists"] = own.lists
+    out["private_listwise_epochs"] = own.training.epochs
+    out["private_listwise_loss"] = [own.training.loss_before, own.training.loss_after]
     out["peak_rss_mb"] = _peak_rss_mb()
     return out
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from models.fm.listwise import (
     ListwisePromptBuilder,
     cache_lists,
     score_list,
+    score_list_in,
     train_listwise_adapter,
     training_lists,
 )
@@ -187,26 +188,35 @@ class ListwisePilotConfig:
     valid_users: int = 100  # cohort users whose validation lists are scored (halves: weight pick / report)
     epochs: int = 2
     lr: float = 3e-3  # untuned: no listwise run at this scale yet
-    lam: float = 0.5
+    lams: tuple[float, ...] = (0.5,)  # distillation weights: one adapter each, same cached lists and start
     tau: float = 0.5
+    shuffle: bool = False  # letter candidates in a seeded random order (training and scoring), not first-stage order
     threads: int | None = None
     seed: int = 0
 
 
 def listwise_reranked(
-    fm: FoundationModel, builder: ListwisePromptBuilder, split: Split, lists: dict[int, Candidates]
+    fm: FoundationModel,
+    builder: ListwisePromptBuilder,
+    split: Split,
+    lists: dict[int, Candidates],
+    *,
+    shuffle_seed: int | None = None,
 ) -> list[RerankedList]:
     """One listwise prompt per user (after the user's training items in ``split``): the letter logits of the first
-    stage's top K, as blendable lists."""
-    return [
-        RerankedList(
-            c.top,
-            c.first[c.top],
-            score_list(fm, builder, split.users[u].train, c.items[c.top].tolist()),
-            c.positive_first_rank,
-        )
-        for u, c in lists.items()
-    ]
+    stage's top K, as blendable lists. With ``shuffle_seed`` the candidates are lettered in a random order seeded by
+    it and the user (the scores still come back in first-stage order)."""
+    out = []
+    for u, c in lists.items():
+        items = c.items[c.top].tolist()
+        history = split.users[u].train
+        if shuffle_seed is None:
+            scores = score_list(fm, builder, history, items)
+        else:
+            order = np.random.default_rng([shuffle_seed, u, 29]).permutation(len(items))
+            scores = score_list_in(fm, builder, history, items, order)
+        out.append(RerankedList(c.top, c.first[c.top], scores, c.positive_first_rank))
+    return out
 
 
 def _blend_report(lists: list[RerankedList], seed: int) -> dict[str, Any]:
@@ -249,10 +259,12 @@ def run_listwise_pilot(
         lists_per_user=config.lists_per_user,
         epochs=config.epochs,
         lr=config.lr,
-        lam=config.lam,
         tau=config.tau,
+        shuffle=config.shuffle,
         seed=config.seed,
     )
+    if not config.lams:
+        raise ValueError("the listwise pilot needs at least one distillation weight (lams)")
     builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
     clock = time.perf_counter()
     examples = training_lists(split, first.score_all, train_users, lw)
@@ -261,29 +273,43 @@ def run_listwise_pilot(
     cached = cache_lists(torch_fm, builder, examples, weights.spec.layers[0], lw, progress=progress)
     timings["cache_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    trained, losses = train_listwise_adapter(torch_fm, "shared", weights, cached, lw, progress=progress)
+    trained: list[LoraWeights] = []
+    losses: dict[str, list[float]] = {}
+    for lam in config.lams:  # attach replaces "shared": each adapter starts from the same weights
+        adapter, losses[str(lam)] = train_listwise_adapter(
+            torch_fm, "shared", weights, cached, replace(lw, lam=lam), progress=progress
+        )
+        trained.append(adapter)
     timings["train_s"] = time.perf_counter() - clock
     del cached, torch_fm
     clock = time.perf_counter()
     valid_lists = candidate_lists(split, first.score_all, valid_users, "valid", lw.k)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "shared_listwise.gguf"
-        export_gguf(trained, path)
-        with FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm:
-            base = listwise_reranked(fm, builder, split, valid_lists)
+    shuffle_seed = config.seed if config.shuffle else None
+    adapted: dict[str, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm,
+    ):
+        base = listwise_reranked(fm, builder, split, valid_lists, shuffle_seed=shuffle_seed)
+        for lam, adapter in zip(config.lams, trained, strict=True):
+            path = Path(folder) / f"shared_listwise_{len(adapted)}.gguf"
+            export_gguf(adapter, path)
             fm.load_adapter("shared", path)
             fm.set_scales(shared=1.0)
-            adapted = listwise_reranked(fm, builder, split, valid_lists)
+            scored = listwise_reranked(fm, builder, split, valid_lists, shuffle_seed=shuffle_seed)
+            adapted[str(lam)] = _blend_report(scored, config.seed)
     timings["valid_scoring_s"] = time.perf_counter() - clock
     return {
         "config": asdict(config),
         "training_lists": {
             "lists": len(examples),
             "with_target_in_top_k": sum(e.target is not None for e in examples),
-            "epoch_losses": losses,
+            "epoch_losses": losses[str(config.lams[0])],
+            "epoch_losses_by_lam": losses,
         },
         "valid_lists_with_positive_in_top_k": sum(positive_slot(c) is not None for c in valid_lists.values()),
         "base_listwise": _blend_report(base, config.seed),
-        "shared_listwise": _blend_report(adapted, config.seed),
+        "shared_listwise": adapted[str(config.lams[0])],
+        "shared_listwise_by_lam": adapted,
         "timings_s": {key: round(value, 1) for key, value in timings.items()},
     }

@@ -1,6 +1,8 @@
 """Listwise scoring by the foundation model: one prompt holds the user's recent history and the first stage's top 20
 candidates lettered A..T **in first-stage order**; the scores are the logits of the 20 letter tokens at the last
-position, so one forward pass scores the whole list.
+position, so one forward pass scores the whole list. (``ListwiseConfig.shuffle`` letters them in a seeded random
+order instead, so that a letter does not tell the model the first stage's rank: :func:`shuffled`,
+:func:`score_list_in`.)
 
 The prompt (token ids, pieces tokenized separately as in :mod:`models.fm.prompts`)::
 
@@ -33,6 +35,7 @@ position only and reads the 20 letter values of that row. Torch-free at import: 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -167,6 +170,7 @@ class ListwiseConfig:
     epochs: int = 2
     batch: int = 8  # lists per cached batch and per optimizer step
     skip_missing: bool = False  # drop lists whose target is not in the top k (default: distillation only)
+    shuffle: bool = False  # letter the candidates in a seeded random order instead of first-stage order
     seed: int = 0
 
 
@@ -201,6 +205,8 @@ def sequence_lists(
         target = int(train[len(train) - back])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
         example = ranked_list(user, history, target, negatives, score_all, config.k)
+        if config.shuffle:
+            example = shuffled(example, rng.permutation(len(example.items)))  # after this list's negatives
         if example.target is None and config.skip_missing:
             continue
         out.append(example)
@@ -218,6 +224,32 @@ def ranked_list(
     where = np.flatnonzero(top == 0)
     slot = int(where[0]) if len(where) else None
     return ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot)
+
+
+def shuffled(example: ListExample, order: IntArray) -> ListExample:
+    """``example`` with its candidates (and their first-stage scores and the target's slot) in ``order``: the
+    prompt then letters them in that order, so a letter no longer says where the first stage put the candidate."""
+    order = np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(len(example.items))):
+        raise ValueError(f"order must be a permutation of 0..{len(example.items) - 1}, got {order.tolist()}")
+    target = None if example.target is None else int(np.flatnonzero(order == example.target)[0])
+    return ListExample(example.user, example.history, example.items[order], example.first[order], target)
+
+
+def score_list_in(
+    model: LetterScorer,
+    builder: ListwisePromptBuilder,
+    history: Iterable[int],
+    candidates: Sequence[int],
+    order: IntArray,
+) -> NDArray[np.float32]:
+    """:func:`score_list` with the candidates lettered in ``order`` (a permutation of their positions); the scores
+    come back in the given candidates' order."""
+    order = np.asarray(order, dtype=np.int64)
+    shown = [int(candidates[i]) for i in order]
+    out = np.empty(len(candidates), dtype=np.float32)
+    out[order] = score_list(model, builder, history, shown)
+    return out
 
 
 def teacher_logits(first: NDArray[np.floating], tau: float) -> NDArray[np.float64]:
@@ -392,3 +424,57 @@ def train_listwise_for(
     run = _train_cached(fm, name, cached, config, epochs=max_epochs, deadline=deadline)
     after = cached_loss(fm, cached, config.lam)
     return BudgetedTraining(fm.read(name, weights), before, after, run.epochs, run.steps)
+
+
+OWN_LISTS = 8
+"""An agent's lists per training run at most: its latest liked items, each after the items before it."""
+OWN_LIST_CONFIG = ListwiseConfig(lists_per_user=OWN_LISTS, batch=4)
+"""How an agent builds and trains on its own lists (shared φ_g in a sync, private φ_u in the worker): λ 0.5, τ 0.5,
+Adam at 1e-3, four lists per cached batch and per step (the budget's granularity)."""
+
+
+PRIVATE_SECONDS = 40.0
+"""The private LoRA's training budget on the device after the model is loaded (caching the lists takes at most half
+of it): issue 12 asks for the private adapter within 60 s on the 2-core laptop."""
+PRIVATE_MAX_EPOCHS = 4
+"""Epochs over the person's own lists at most for the private LoRA (8 lists, four per step: 8 Adam steps)."""
+
+
+@dataclass(frozen=True)
+class OwnListsRun:
+    """What :func:`train_on_own_lists` did: the budgeted training, how many lists were cached and how many of them
+    hold their target in the top 20 (the rest train the distillation term only), and the seconds spent caching."""
+
+    training: BudgetedTraining
+    lists: int
+    lists_with_target: int
+    cache_s: float
+
+
+def train_on_own_lists(
+    fm: TorchFM,
+    builder: ListwisePromptBuilder,
+    name: str,
+    weights: LoraWeights,
+    liked: IntArray,
+    n_items: int,
+    score_all: ScoreAllFn,
+    *,
+    deadline: float,
+    max_epochs: int,
+    config: ListwiseConfig = OWN_LIST_CONFIG,
+) -> OwnListsRun:
+    """Train adapter ``name`` (from ``weights``) on one agent's own lists (:func:`sequence_lists` of ``liked``, in
+    time order, ranked by ``score_all``) by ``deadline`` (:func:`time.monotonic`): the most recent lists are cached
+    while the first half of the time left lasts, then :func:`train_listwise_for` uses the rest. Adapters attached now
+    other than ``name`` stay frozen; ``name`` is left attached. Fewer than two liked items form no list
+    (``ValueError``)."""
+    lists = sequence_lists(0, np.asarray(liked, dtype=np.int64), n_items, score_all, config)
+    started = time.monotonic()
+    cached = cache_lists(
+        fm, builder, lists, weights.spec.layers[0], config, deadline=started + (deadline - started) / 2
+    )
+    cache_s = time.monotonic() - started
+    run = train_listwise_for(fm, name, weights, cached, config, deadline=deadline, max_epochs=max_epochs)
+    with_target = sum(t >= 0 for batch in cached.targets for t in batch)
+    return OwnListsRun(run, len(cached), with_target, cache_s)

@@ -46,7 +46,9 @@ MEASURED_BLEND = BlendMeasurement(
     date="2026-11-27",
     evidence=(
         "test NDCG@10 0.3795, equal to the first stage alone; the language model's own AUC within the first "
-        "stage's top 20 is 0.49 (chance 0.5): it adds nothing yet"
+        "stage's top 20 is 0.49 (chance 0.5): it adds nothing yet. The listwise prompt the rerank serves since "
+        "2026-12-02 was also given weight 0 by validation (scripts/pilot_fm.py --listwise, 943 users, shared "
+        "listwise adapter: ΔNDCG@10 0.000)"
     ),
 )
 """The weight the agent uses when ``[rerank] weight`` is not set (README, "Foundation model": validation picks 0)."""

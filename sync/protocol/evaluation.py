@@ -45,6 +45,10 @@ EVAL_MIN_AGENTS = 20
 previous one."""
 
 
+MAX_RERANK_K = 20
+"""The most candidates an agent's language model rescores: its listwise prompt letters them A to T."""
+
+
 @dataclass(frozen=True)
 class EvalPlan:
     """What a round asks its agents to evaluate, published in the round's public facts."""
@@ -58,7 +62,8 @@ class EvalPlan:
     negatives: int = 99
     """Unseen catalog items sampled (on the device, seeded) beside the held-out one."""
     rerank_k: int = 20
-    """How many of the first stage's best candidates the language model rescores (the product's ``[rerank] k``)."""
+    """How many of the first stage's best candidates the language model rescores (the product's ``[rerank] k``; at
+    most :data:`MAX_RERANK_K`)."""
     min_agents: int = 20
     """The fewest agents (noised count of the paired block) the coordinator picks a new blend weight from."""
 
@@ -71,7 +76,11 @@ class EvalPlan:
             raise ProtocolError(f"the blend weights must be distinct, finite and non-negative: {weights}")
         if not (math.isfinite(self.clip) and self.clip > 0):
             raise ProtocolError(f"the eval part's bound must be positive, not {self.clip}")
-        if not (1 <= self.k <= self.negatives + 1 and min(self.rerank_k, self.negatives, self.min_agents) >= 1):
+        if not (
+            1 <= self.k <= self.negatives + 1
+            and min(self.rerank_k, self.negatives, self.min_agents) >= 1
+            and self.rerank_k <= MAX_RERANK_K
+        ):
             raise ProtocolError("the evaluation plan's k, negatives, rerank_k or min_agents are out of range")
 
     @property

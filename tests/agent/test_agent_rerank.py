@@ -22,15 +22,16 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.engine.private_lora import train_private_lora
 from agent.engine.profile import Profile
-from agent.engine.rerank import SERVED
+from agent.engine.rerank import SERVED, private_lora_usable
 from agent.settings import RerankSettings, Settings
 from agent.store.profile_store import ProfileStore
 from agent.store.records import PRIVATE_LORA
 from agent.tui.app import PersonaApp
 from agent.tui.screens.suggestions import SuggestionsScreen
 from agent.tui.screens.why import WhyScreen
-from models.experiments.persona import PersonaConfig
-from models.fm.assets import gguf_path
+from models.errors import PersonaError
+from models.fm.assets import gguf_path, torch_dir
+from models.fm.listwise import OWN_LISTS, ListwisePromptBuilder, score_list
 from models.fm.lora import verify_gguf
 from models.fm.serving import FoundationModel
 
@@ -97,33 +98,54 @@ def write_config(home: Path, text: str) -> None:
 def test_worker_trains_a_private_lora_that_verifies_and_changes_served_scores(
     trained_home: tuple[Path, str], trained: Path
 ) -> None:
-    pairs = PersonaConfig().private_pairs  # the recipe `agent eval --model persona` measures
-    assert f"private LoRA retrained on {pairs} pairs" in trained_home[1]
+    lists = min(OWN_LISTS, len(LIKED) - 1)  # each liked item after the ones before it, the latest first
+    assert f"private LoRA retrained on {lists} lists" in trained_home[1]
     with ProfileStore.open() as store:
         record = store.adapter_record(PRIVATE_LORA)
         assert record is not None and record.file.parent.name == "adapters" and record.file.is_file()
-        assert record.meta["catalog"] == "ml-100k" and record.meta["pairs"] == pairs and record.meta["delta_norm"] > 0
-        assert "zero default" in record.meta["shared_lora"]
+        meta = record.meta
+        assert meta["catalog"] == "ml-100k" and meta["prompt"] == "listwise" and meta["lists"] == lists
+        assert meta["epochs"] >= 1 and meta["delta_norm"] > 0 and meta["loss"] < meta["loss_before"], meta
+        assert "zero default" in meta["shared_lora"]
         profile = Profile.load(store)
         liked, _ = profile.feedback()
         candidates = [s.item for s in profile.suggest(10)]
-        from models.fm.assets import torch_dir
-        from models.fm.prompts import PromptBuilder
-
-        builder = PromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
-        prefix, suffixes = builder.prefix(liked.tolist()), [builder.suffix(i) for i in candidates]
-        with store.adapter_as_file(PRIVATE_LORA) as path, FoundationModel(gguf_path(), max_candidates=10) as fm:
+        builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
+        with store.adapter_as_file(PRIVATE_LORA) as path, FoundationModel(gguf_path()) as fm:
             assert path is not None and verify_gguf(path) and path.read_bytes()[:4] == b"GGUF"
-            base = fm.score(prefix, suffixes, builder.answers)
+            base = score_list(fm, builder, liked, candidates)
             fm.load_adapter("private", path)
             fm.set_scales(private=1.0)
-            adapted = fm.score(prefix, suffixes, builder.answers)
+            adapted = score_list(fm, builder, liked, candidates)
         assert not path.parent.exists()  # the plain copy for llama.cpp is gone once loaded
+        # what the rerank serves is that listwise score with the stored adapter, and a request changes it
+        served = SERVED.score(profile, liked, candidates, use_private=True)
+        asked = SERVED.score(profile, liked, candidates, use_private=True, request="a 1990s comedy")
     assert np.abs(adapted - base).max() > 0.05, (base, adapted)
+    assert np.allclose(served, adapted, atol=1e-3) and np.abs(asked - served).max() > 0.05
     code, stdout, _ = invoke("inspect", "--json")
     body = json.loads(stdout)
-    assert code == 0 and body["private_lora"]["stored"] and body["private_lora"]["pairs"] == pairs
+    assert code == 0 and body["private_lora"]["stored"] and body["private_lora"]["lists"] == lists
     assert body["private_lora"]["bytes"] == record.file.stat().st_size and not body["shared_lora"]["stored"]
+    assert f"private LoRA (language model): {lists} lists, loss" in invoke("inspect")[1]
+
+
+def test_an_earlier_pointwise_private_lora_is_not_served_and_a_list_too_long_is_refused(trained: Path) -> None:
+    write_config(trained, RERANK_ON)
+    with ProfileStore.open() as store:
+        record = store.adapter_record(PRIVATE_LORA)
+        assert record is not None
+        store.save_private_lora(
+            record.file.read_bytes(), meta={"catalog": "ml-100k", "pairs": 8, "loss": 0.6, "delta_norm": 0.2}
+        )
+        profile = Profile.load(store)
+        assert not private_lora_usable(profile)
+        with pytest.raises(PersonaError, match="at most 20"):
+            SERVED.score(profile, profile.feedback()[0], list(range(21)), use_private=False)
+    code, stdout, _ = invoke("suggest", "--json", "-n", "5")
+    body = json.loads(stdout)
+    assert code == 0 and not body["rerank"]["applied"] and "no trained LoRA yet" in body["rerank"]["note"]
+    assert "8 pointwise pairs (an earlier version's: not served" in invoke("inspect")[1]
 
 
 def test_too_little_history_trains_no_lora_and_removes_a_stale_one() -> None:

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from agent.cli.main import app
 from agent.settings import config_path
 from agent.store.profile_store import ProfileStore
+from agent.store.records import PRIVATE_LORA_PROMPT
 from models.data.movielens import load_ml100k
 from models.evaluation.metrics import summarize
 from models.firststage.scorer import SharedParams
@@ -116,7 +117,9 @@ def test_suggest_path_never_imports_torch(tmp_path: Path) -> None:
     with ProfileStore.open() as store:
         store.save_shared(SharedParams.init(len(dataset.catalog)), version="test", meta={"catalog": "ml-100k"})
         store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(history)])
-        store.save_private_lora(_random_private_lora(tmp_path), meta={"catalog": "ml-100k"})
+        store.save_private_lora(
+            _random_private_lora(tmp_path), meta={"catalog": "ml-100k", "prompt": PRIVATE_LORA_PROMPT}
+        )
     config_path().parent.mkdir(parents=True, exist_ok=True)
     config_path().write_text("[rerank]\nweight = 0.5\n")  # the measured default, 0, would switch it off
     code = (

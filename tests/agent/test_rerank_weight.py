@@ -34,7 +34,7 @@ MEASURED_OFF = "rerank off (weight 0, measured: validation picked 0)"
 def _profile_with_a_private_lora() -> Iterator[None]:
     with ProfileStore.open() as store:
         store.add_interactions([("ml-100k", item, "like", 5.0, t, "test") for t, item in enumerate(LIKED)])
-        meta = {"catalog": "ml-100k", "pairs": 4, "loss": 0.7, "delta_norm": 0.1}  # what `agent inspect` prints
+        meta = {"catalog": "ml-100k", "prompt": "listwise", "lists": 4, "loss": 0.7, "delta_norm": 0.1}
         store.save_private_lora(b"GGUF never loaded", meta=meta)
     SERVED.close()
     yield

@@ -6,6 +6,7 @@ import pytest
 
 from agent.errors import ProfileError
 from agent.settings import (
+    MAX_RERANK_K,
     RerankSettings,
     Settings,
     SyncSettings,
@@ -52,11 +53,18 @@ def test_bad_config_is_a_clear_error(text: str, message: str) -> None:
 def test_the_rerank_table_is_read_and_checked() -> None:
     path = config_path()
     path.parent.mkdir(parents=True)
-    path.write_text("[rerank]\nenabled = false\nk = 30\n")
-    assert load_settings().rerank == RerankSettings(enabled=False, k=30, weight=RerankSettings().weight)
-    path.write_text("[rerank]\nk = 500\n")
-    with pytest.raises(ProfileError, match=r"rerank\.k in"):
-        load_settings()
+    path.write_text("[rerank]\nenabled = false\nk = 12\n")
+    assert load_settings().rerank == RerankSettings(enabled=False, k=12, weight=RerankSettings().weight)
+    for k in (21, 500):  # the listwise prompt letters at most 20 candidates
+        path.write_text(f"[rerank]\nk = {k}\n")
+        with pytest.raises(ProfileError, match=r"rerank\.k in .* from 1 to 20") as error:
+            load_settings()
+        assert "A to T" in (error.value.hint or "")
+    # one limit everywhere: the listwise prompt's letters, the setting, the federated evaluation's plan
+    from models.fm.listwise import LIST_SIZE
+    from sync.protocol.evaluation import MAX_RERANK_K as PLAN_MAX
+
+    assert MAX_RERANK_K == LIST_SIZE == PLAN_MAX == RerankSettings().k
     path.write_text("[rerank]\nweigth = 1\n")
     with pytest.raises(ProfileError, match=r"Unknown setting\(s\) in \[rerank\]"):
         load_settings()

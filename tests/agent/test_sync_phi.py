@@ -15,14 +15,13 @@ from typer.testing import CliRunner
 from agent import paths
 from agent.cli.main import app
 from agent.engine.profile import Profile
-from agent.engine.shared_lora import LIST_CONFIG
 from agent.engine.worker import SYNC_PHI_DELTA_FILE, SYNC_PRIVATE_FILE, train_for_sync
 from agent.errors import ProfileError
 from agent.settings import load_settings
 from agent.store.profile_store import ProfileStore
 from models.firststage.scorer import FirstStageScorer, PrivateParams
 from models.fm.assets import torch_dir
-from models.fm.listwise import ListwisePromptBuilder, cache_lists, cached_loss, sequence_lists
+from models.fm.listwise import OWN_LIST_CONFIG, ListwisePromptBuilder, cache_lists, cached_loss, sequence_lists
 from models.types import FloatArray, IntArray
 from sync.protocol.rules import SYNC_PHI_SIZE
 
@@ -88,13 +87,13 @@ def test_the_worker_trains_phi_on_the_persons_lists_and_the_delta_lowers_their_l
     def score_all(_user: int, history: IntArray) -> FloatArray:
         return scorer.score_all(history, private)
 
-    lists = sequence_lists(0, liked, profile.shared.n_items, score_all, LIST_CONFIG)
+    lists = sequence_lists(0, liked, profile.shared.n_items, score_all, OWN_LIST_CONFIG)
     builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", profile.catalog)
-    cached = cache_lists(fm, builder, lists, lora_before.spec.layers[0], LIST_CONFIG)
+    cached = cache_lists(fm, builder, lists, lora_before.spec.layers[0], OWN_LIST_CONFIG)
     losses = []
     for weights in (lora_before, lora_after):
         fm.attach("shared", weights)
-        losses.append(cached_loss(fm, cached, LIST_CONFIG.lam))
+        losses.append(cached_loss(fm, cached, OWN_LIST_CONFIG.lam))
     fm.attach("shared", None)
     assert losses[1] < losses[0], losses
     assert losses == pytest.approx([lm["loss_before"], lm["loss_after"]], abs=1e-3)  # what the summary reports

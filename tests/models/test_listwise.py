@@ -24,6 +24,8 @@ from models.fm.listwise import (
     cache_lists,
     cached_scores,
     score_list,
+    score_list_in,
+    shuffled,
     train_listwise_adapter,
     train_listwise_for,
     training_lists,
@@ -136,6 +138,39 @@ def test_training_lists_follow_the_test_protocol(split: Split, popularity: IntAr
     assert 0 < missing < len(lists)  # kept as distillation-only lists by default
     kept = _lists(split, popularity, 30, ListwiseConfig(lists_per_user=2, skip_missing=True))
     assert len(kept) == len(lists) - missing and all(lst.target is not None for lst in kept)
+
+
+def test_shuffled_lists_keep_each_candidate_with_its_score_and_the_target(
+    builder: ListwisePromptBuilder, split: Split, popularity: IntArray
+) -> None:
+    # one list per user: the order is drawn after the list's negatives, so the same candidates come up
+    plain = _lists(split, popularity, 30, ListwiseConfig())
+    mixed = _lists(split, popularity, 30, ListwiseConfig(shuffle=True))
+    assert len(plain) == len(mixed)
+    reordered = 0
+    for a, b in zip(plain, mixed, strict=True):
+        assert (a.user, a.history) == (b.user, b.history)
+        assert sorted(a.items.tolist()) == sorted(b.items.tolist())
+        np.testing.assert_array_equal(b.first, popularity[b.items].astype(np.float32))  # scores travel with items
+        assert (a.target is None) == (b.target is None)
+        if a.target is not None and b.target is not None:
+            assert b.items[b.target] == a.items[a.target]
+        reordered += not np.array_equal(a.items, b.items)
+    assert reordered == len(plain)  # the letters no longer follow the first stage's order
+    with pytest.raises(ValueError, match="permutation"):
+        shuffled(plain[0], np.zeros(20, dtype=np.int64))
+    # scoring in a given order hands each candidate its own letter's logit back, in the caller's order
+    example = plain[0]
+    items = example.items.tolist()
+    order = np.random.default_rng(3).permutation(len(items))
+    with FoundationModel(gguf_path(), n_threads=1, n_ctx=1024) as fm:
+        shown = score_list(fm, builder, example.history, [items[i] for i in order])
+        back = score_list_in(fm, builder, example.history, items, order)
+        same = score_list_in(fm, builder, example.history, items, np.arange(len(items)))
+        plain_scores = score_list(fm, builder, example.history, items)
+    np.testing.assert_allclose(back[order], shown, atol=1e-4)
+    np.testing.assert_allclose(same, plain_scores, atol=1e-4)
+    assert not np.allclose(back, plain_scores, atol=1e-2)  # the order shown changes what the model says
 
 
 def test_listwise_loss() -> None:

@@ -82,6 +82,9 @@ def test_a_small_run_reports_consistent_rows(_catalog_embeddings: Path) -> None:
         (["--listwise", "--coldstart", "--cold-users", "0"], "--cold-users a positive one"),
         (["--listwise", "--train-users", "0"], "--train-users takes a positive number"),
         (["--listwise", "--lists-per-user", "0"], "--lists-per-user take positive numbers"),
+        (["--shuffle"], "use them with --listwise, without --coldstart"),
+        (["--listwise", "--coldstart", "--lam", "0"], "use them with --listwise, without --coldstart"),
+        (["--listwise", "--lam", "-1"], "--lam takes a distillation weight between 0 and 100"),
     ],
 )
 def test_the_pilot_script_refuses_bad_sizes_with_a_clear_message(args: list[str], message: str) -> None:

@@ -25,8 +25,7 @@ from models.data.catalog import Dataset
 from models.data.movielens import load_ml100k
 from models.firststage.scorer import FirstStageScorer, PrivateParams, SharedParams
 from models.fm.assets import gguf_path, torch_dir
-from models.fm.prompts import PromptBuilder
-from models.fm.scoring import score_items
+from models.fm.listwise import ListwisePromptBuilder, score_list
 from models.fm.serving import FoundationModel
 from models.text.encoder import ItemEncoder, embed_catalog
 from models.types import FloatArray, IntArray
@@ -47,7 +46,7 @@ WEIGHTS = (0.0, 0.5, 1.0)
 DIM = 8
 AGENTS = 4
 LM_AGENTS = 2  # agents 0 and 1 score with the language model; 2 and 3 only have the first stage
-RERANK_K = 4  # the language model rescores the first stage's top 4 (the product's 20 cost ~1 s each on a busy core)
+RERANK_K = 4  # the language model rescores the first stage's top 4 in one listwise prompt (the product: 20)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +108,10 @@ def test_the_eval_part_is_bounded_unweighted_and_inside_the_joint_sensitivity() 
     assert [s.ndcg for s in population.settings] == [1.0, 1.0, 1.0]
     assert population.best(plan.min_agents) is None  # 1 agent < min_agents: no pick
     assert population.best(1) is not None and population.best(1).weight == 0.0  # type: ignore[union-attr]
+    # an agent's listwise prompt letters at most 20 candidates: a plan asking for more is refused
+    assert _plan(rerank_k=20).rerank_k == 20
+    with pytest.raises(ProtocolError, match="rerank_k"):
+        _plan(rerank_k=21)
 
 
 def test_the_eval_part_carries_ranks_metrics_only_never_the_held_out_item(
@@ -202,7 +205,7 @@ def test_a_round_publishes_the_population_totals_picks_and_signs_the_weight_and_
     n_items = len(text_vectors)
     initial = SharedParams.init(n_items, dim=DIM, seed=1).to_vector()
     coordinator = _coordinator(tmp_path, initial)
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", ml.catalog)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", ml.catalog)  # the prompt the product serves
     sequences = ml.interactions.sequences()
     histories = [np.asarray(sequences[u][-12:], dtype=np.int64) for u in range(AGENTS)]
     recorder = RecordingTransport()
@@ -216,7 +219,7 @@ def test_a_round_publishes_the_population_totals_picks_and_signs_the_weight_and_
 
         def language_model(history: IntArray, items: IntArray) -> FloatArray:
             with llm_lock:  # the agents evaluate in worker threads; one native model serves them in turn
-                return score_items(llm, builder, history.tolist(), items.tolist()).astype(np.float32)
+                return score_list(llm, builder, history.tolist(), items.tolist()).astype(np.float32)
 
         lm: ScoreFn | None = language_model if with_lm and agent < LM_AGENTS else None
         return lambda plan, base: evaluate_held_out(

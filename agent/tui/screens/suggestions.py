@@ -94,14 +94,14 @@ class SuggestionsScreen(Screen[None]):
         note = "reranking with the language model…" if skip is None else "" if in_force.on else in_force.summary()
         self.app.call_from_thread(self._show, first[:n], note)
         if skip is None:
-            self._rerank(first)
+            self._rerank(first, query)
 
-    def _rerank(self, first: list[Suggestion]) -> None:
+    def _rerank(self, first: list[Suggestion], query: str | None) -> None:
         """The language model's rerank of ``first`` (in the suggest worker), shown when it is done."""
         from agent.engine import rerank  # reason: the language model's code, only when the rerank runs
 
         settings = self.settings
-        outcome = rerank.rerank(self.profile, first, settings.suggestions, settings.rerank)
+        outcome = rerank.rerank(self.profile, first, settings.suggestions, settings.rerank, query=query)
         if get_current_worker().is_cancelled:
             return
         if outcome.error is not None:

@@ -40,7 +40,8 @@ class WhyScreen(ModalScreen[None]):
             if self.suggestion.first_stage_rank is not None and self.suggestion.fm_score is not None:
                 yield Static(
                     f"first stage #{self.suggestion.first_stage_rank}, then reranked by the language model "
-                    f"(its Yes − No logit {self.suggestion.fm_score:+.2f}, reading your most recent liked items)",
+                    f"(its letter's logit {self.suggestion.fm_score:+.2f} in one list of the top candidates, "
+                    "after your most recent liked items)",
                     id="why-rerank",
                 )
             table: DataTable[str] = DataTable(id="why-history", cursor_type="row")
