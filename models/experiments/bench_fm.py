@@ -1,7 +1,8 @@
-"""Measurements behind ``scripts/bench_fm.py``: rerank latency (idle and beside a busy process), adapter training
-time, peak memory of the serving and of the training process, adapter file sizes, and the listwise rerank (one
-prompt per list of 20, :mod:`models.fm.listwise`): its latency with one and two llama.cpp threads, its prompt length
-and the torch cost of one training list.
+"""Measurements behind ``scripts/bench_fm.py``: the product's rerank latency (one listwise prompt of 20,
+:mod:`models.fm.listwise`; idle and beside a busy process, one llama.cpp thread), adapter training time (the
+pointwise recipe the persona evaluation measures, and the product's listwise private LoRA), peak memory of the
+serving and of the training process, adapter file sizes, and the listwise rerank against the pointwise one in one
+process: latency with one and two llama.cpp threads, prompt length, and the torch cost of one training list.
 
 Each part runs in its own process (``python -m models.experiments.bench_fm serve|train|listwise-serve|
 listwise-train``) so that its peak RSS is its own.
@@ -65,23 +66,24 @@ def _peak_rss_mb() -> float:
 
 
 def serve_figures(users: int, threads: int | None) -> dict[str, Any]:
-    """Rerank 20 and 50 candidates for ``users`` users with the llama.cpp runtime (this process never loads torch)."""
+    """The product's rerank (one listwise prompt for the top 20, :func:`models.fm.listwise.score_list`) for
+    ``users`` users with the llama.cpp runtime as ``agent suggest`` loads it; this process never loads torch, so its
+    peak RSS is the suggest path's."""
     dataset = load_ml100k()
     split = make_loo_split(dataset)
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
     start = time.perf_counter()
     model = FoundationModel(gguf_path(), n_threads=threads)
     out: dict[str, Any] = {"load_s": time.perf_counter() - start, "threads": model.n_threads}
-    for k in (20, 50):
-        times = []
-        for u in sorted(split.users)[:users]:
-            s = split.users[u]
-            candidates = [s.test, *s.test_negs[: k - 1].tolist()]
-            t = time.perf_counter()
-            score_items(model, builder, s.train, candidates)
-            times.append(time.perf_counter() - t)
-        out[f"rerank{k}_p50_s"] = float(np.percentile(times, 50))
-        out[f"rerank{k}_p95_s"] = float(np.percentile(times, 95))
+    times = []
+    for u in sorted(split.users)[:users]:
+        s = split.users[u]
+        candidates = [s.test, *s.test_negs[:19].tolist()]
+        t = time.perf_counter()
+        score_list(model, builder, s.train, candidates)
+        times.append(time.perf_counter() - t)
+    out["rerank20_p50_s"] = float(np.percentile(times, 50))
+    out["rerank20_p95_s"] = float(np.percentile(times, 95))
     out["peak_rss_mb"] = _peak_rss_mb()
     out["torch_imported"] = "torch" in sys.modules
     return out
