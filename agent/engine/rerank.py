@@ -186,7 +186,8 @@ class ServedModel:
                 PRIVATE_LORA: self._attach(fm, profile.store, PRIVATE_LORA, use_private),
             }
             fm.set_scales(**{name: scale for name, scale in scales.items() if name in self._loaded})
-            return np.asarray(score_list(fm, builder, history, items, request), dtype=np.float64)
+            asked = request if request is not None and request.strip() else None  # a blank query asks nothing
+            return np.asarray(score_list(fm, builder, history, items, asked), dtype=np.float64)
 
 
 SERVED = ServedModel()

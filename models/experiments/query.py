@@ -57,7 +57,7 @@ from models.firststage.recipe import CentralConfig, FederatedConfig
 from models.firststage.scorer import QUERY_WEIGHT, FirstStageScorer, PrivateParams, query_vector, with_query
 from models.fm.assets import require_gguf, torch_dir
 from models.fm.blend import RerankedList, blend, fm_auc
-from models.fm.listwise import LetterScorer, ListwisePromptBuilder, score_list
+from models.fm.listwise import LetterScorer, ListwisePromptBuilder, score_list, score_list_in
 from models.fm.serving import FoundationModel
 from models.text.encoder import ItemEncoder
 from models.types import FloatArray, IntArray, Progress
@@ -174,16 +174,24 @@ def lm_lists(
     split: Split,
     *,
     k: int = RERANK_K,
+    shuffle_seed: int | None = None,
     progress: Progress | None = None,
 ) -> dict[int, LMList]:
     """Each list's product order, and the language model's listwise scores of its top ``k`` after the user's
-    training history and the request (one prompt per list)."""
+    training history and the request (one prompt per list). With ``shuffle_seed`` the top ``k`` are lettered in a
+    random order seeded by it and the user (the scores still come back in the product's order): a diagnostic of
+    whether the model reads the titles and the request or the letters' order."""
     out: dict[int, LMList] = {}
     for done, lst in enumerate(lists, start=1):
         scores = np.asarray(product(lst.user, lst.request.text, lst.candidates, lst.first_stage), dtype=np.float64)
         top = np.argsort(-scores, kind="stable")[:k].astype(np.int64)
         history = split.users[lst.user].train
-        lm = score_list(model, builder, history, lst.candidates[top].tolist(), lst.request.text)
+        shown = lst.candidates[top].tolist()
+        if shuffle_seed is None:
+            lm = score_list(model, builder, history, shown, lst.request.text)
+        else:
+            order = np.random.default_rng([shuffle_seed, lst.user, 47]).permutation(len(shown))
+            lm = score_list_in(model, builder, history, shown, order, lst.request.text)
         out[lst.user] = LMList(lst.candidates, scores, top, np.asarray(lm, dtype=np.float32))
         if progress is not None and (done % 25 == 0 or done == len(lists)):
             progress("query_lm", {"lists": done, "of": len(lists)})
@@ -240,6 +248,11 @@ def lm_row(
     weight, by_weight = pick_lm_weight(valid, scored_valid)
     scored_test = lm_lists(test, rows["test"]["product_query"], model, builder, split, k=k, progress=progress)
     seconds = time.perf_counter() - clock
+    # the diagnostic: the same prompts with the letters shuffled (never used to pick anything)
+    mixed = {
+        which: lm_lists(lists, rows[which]["product_query"], model, builder, split, k=k, shuffle_seed=seed)
+        for which, lists in (("valid", valid), ("test", test))
+    }
     test_rows = {**rows["test"], LM_ROW: lm_reranker(scored_test, weight)}
     summaries, vs_product = compare_rows(test, test_rows, baseline="product_query", seed=seed)
     _, vs_first = compare_rows(test, test_rows, baseline="first_stage", seed=seed)
@@ -267,11 +280,20 @@ def lm_row(
             "valid": fm_auc([lst.reranked() for lst in scored_valid.values()]),
             "test": fm_auc([lst.reranked() for lst in scored_test.values()]),
         },
+        "letters_shuffled": {
+            "lm_auc_in_top_k": {
+                which: fm_auc([lst.reranked() for lst in scored.values()]) for which, scored in mixed.items()
+            },
+            "lm_alone": {
+                which: query_row(lists, lm_reranker(mixed[which], alone)).summary()
+                for which, lists in (("valid", valid), ("test", test))
+            },
+        },
         "lists_with_positive_in_top_k": {
             "valid": sum(bool(np.any(lst.top == 0)) for lst in scored_valid.values()),
             "test": sum(bool(np.any(lst.top == 0)) for lst in scored_test.values()),
         },
-        "prompts": prompts,
+        "prompts": prompts,  # and as many again with the letters shuffled
         "lm_seconds": round(seconds, 1),
         "seconds_per_prompt": round(seconds / max(1, prompts), 3),
     }

@@ -242,13 +242,14 @@ def score_list_in(
     history: Iterable[int],
     candidates: Sequence[int],
     order: IntArray,
+    request: str | None = None,
 ) -> NDArray[np.float32]:
     """:func:`score_list` with the candidates lettered in ``order`` (a permutation of their positions); the scores
     come back in the given candidates' order."""
     order = np.asarray(order, dtype=np.int64)
     shown = [int(candidates[i]) for i in order]
     out = np.empty(len(candidates), dtype=np.float32)
-    out[order] = score_list(model, builder, history, shown)
+    out[order] = score_list(model, builder, history, shown, request)
     return out
 
 

@@ -121,8 +121,10 @@ def test_worker_trains_a_private_lora_that_verifies_and_changes_served_scores(
         # what the rerank serves is that listwise score with the stored adapter, and a request changes it
         served = SERVED.score(profile, liked, candidates, use_private=True)
         asked = SERVED.score(profile, liked, candidates, use_private=True, request="a 1990s comedy")
+        blank = SERVED.score(profile, liked, candidates, use_private=True, request="  ")
     assert np.abs(adapted - base).max() > 0.05, (base, adapted)
     assert np.allclose(served, adapted, atol=1e-3) and np.abs(asked - served).max() > 0.05
+    assert np.allclose(blank, served, atol=1e-3)  # a blank query is no request, not an error
     code, stdout, _ = invoke("inspect", "--json")
     body = json.loads(stdout)
     assert code == 0 and body["private_lora"]["stored"] and body["private_lora"]["lists"] == lists

@@ -258,6 +258,18 @@ def test_the_language_model_row_reads_the_request_and_blends_over_the_product(
             fm, builder, split.users[first.user].train, first.candidates[scored.top].tolist(), first.request.text
         )
         plain = score_list(fm, builder, split.users[first.user].train, first.candidates[scored.top].tolist())
+        mixed = lm_lists([first], reranks["test"]["product_query"], fm, builder, split, shuffle_seed=0)[first.user]
+        order = np.random.default_rng([0, first.user, 47]).permutation(len(scored.top))
+        shown = score_list(
+            fm,
+            builder,
+            split.users[first.user].train,
+            first.candidates[scored.top][order].tolist(),
+            first.request.text,
+        )
+    # shuffled: the same top, each candidate scored from its own letter in the shuffled prompt
+    np.testing.assert_array_equal(mixed.top, scored.top)
+    np.testing.assert_allclose(mixed.lm[order], shown, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(scored.lm, again, rtol=1e-4, atol=1e-4)
     assert not np.allclose(scored.lm, plain, atol=1e-3)  # the request changes what the model reads
     text = builder._tok.decode(
@@ -288,6 +300,12 @@ def test_the_language_model_row_reads_the_request_and_blends_over_the_product(
     assert table[str(record["weight"])]["NDCG@10"] == best
     assert all(w >= record["weight"] for w in LM_WEIGHTS if table[str(w)]["NDCG@10"] == best)
     assert record["valid_metrics"][LM_ROW] == table[str(record["weight"])]
+    shuffled = record["letters_shuffled"]
+    assert set(shuffled["lm_auc_in_top_k"]) == {"valid", "test"} and set(shuffled["lm_alone"]) == {"valid", "test"}
+    assert (
+        shuffled["lm_alone"]["test"] != record["lm_alone"]["test"]
+        or shuffled["lm_auc_in_top_k"] != record["lm_auc_in_top_k"]
+    )
     assert set(record["metrics"]) == {"first_stage", BASELINE, "product_query", LM_ROW}
     for baseline, versus in (("product_query", record["vs_product_query"]), ("first_stage", record["vs_first_stage"])):
         assert baseline not in versus and versus[LM_ROW]["users"] == LM_USERS
