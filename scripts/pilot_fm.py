@@ -6,7 +6,7 @@ Usage: .venv/bin/python scripts/pilot_fm.py [--json] [--cohort N] [--rounds N] [
        .venv/bin/python scripts/pilot_fm.py --listwise [--json] [--cohort N] [--rounds N] [--train-users N]
            [--valid-users N] [--epochs N] [--lists-per-user N] [--shuffle] [--lam X ...]
        .venv/bin/python scripts/pilot_fm.py --listwise --coldstart [--json] [--rounds N] [--train-users N]
-           [--cold-users N] [--epochs N]
+           [--cold-users N] [--epochs N] [--shuffle]
 
 --listwise trains a shared listwise adapter centrally on the cohort's training lists and reports, on validation
 lists only, the model's within-list AUC and the blend's ΔNDCG@10 (weight picked on one half of the users, reported on
@@ -100,8 +100,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.coldstart and not args.listwise:
         parser.error("--coldstart measures the listwise model: add --listwise")
-    if (args.shuffle or args.lam is not None) and (args.coldstart or not args.listwise):
-        parser.error("--shuffle and --lam belong to the listwise pilot: use them with --listwise, without --coldstart")
+    if args.shuffle and not args.listwise:
+        parser.error("--shuffle letters the listwise prompt's candidates at random: use it with --listwise")
+    if args.lam is not None and (args.coldstart or not args.listwise):
+        parser.error("--lam belongs to the listwise pilot: use it with --listwise, without --coldstart")
     if args.lam is not None and any(not 0 <= lam <= 100 for lam in args.lam):
         parser.error("--lam takes a distillation weight between 0 and 100")
     if args.rounds is None:
@@ -121,6 +123,7 @@ def main() -> None:
         cold_users=args.cold_users,
         train_users=args.train_users,
         epochs=args.epochs,
+        shuffle=args.shuffle,
         seed=args.seed,
     )
     listwise_config = ListwisePilotConfig(

@@ -48,6 +48,7 @@ from models.fm.listwise import (
     ListwisePromptBuilder,
     cache_lists,
     ranked_list,
+    shuffled,
     train_listwise_adapter,
 )
 from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
@@ -67,6 +68,7 @@ class ListwiseColdstartConfig:
     lr: float = 3e-3  # the listwise pilot's, untuned
     lam: float = 0.5
     tau: float = 0.5
+    shuffle: bool = False  # letter candidates in a seeded random order (training and scoring), not first-stage order
     threads: int | None = None
     seed: int = 0
 
@@ -89,7 +91,8 @@ def coldstart_training_lists(
         outside = np.setdiff1d(np.arange(split.n_items), seen)
         rng = np.random.default_rng([config.seed, int(user), k, 29])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-        out.append(ranked_list(int(user), history, target, negatives, score_all, config.k))
+        example = ranked_list(int(user), history, target, negatives, score_all, config.k)
+        out.append(shuffled(example, rng.permutation(len(example.items))) if config.shuffle else example)
     return out
 
 
@@ -127,7 +130,9 @@ def _train_adapter(
     from models.fm.torch_model import TorchFM
 
     assert first.shared is not None
-    lw = ListwiseConfig(epochs=config.epochs, lr=config.lr, lam=config.lam, tau=config.tau, seed=config.seed)
+    lw = ListwiseConfig(
+        epochs=config.epochs, lr=config.lr, lam=config.lam, tau=config.tau, shuffle=config.shuffle, seed=config.seed
+    )
     users = seeded_sample(warm, config.train_users, [config.seed, 37])
     examples: list[ListExample] = []
     for k in config.ks:
@@ -194,8 +199,9 @@ def run_listwise_coldstart(
                 for name, scale in variants:
                     if adapter is not None:
                         fm.set_scales(shared=scale)
-                    valid = listwise_reranked(fm, builder, cut, lists["valid"])
-                    test = listwise_reranked(fm, builder, cut, lists["test"])
+                    shuffle_seed = config.seed if config.shuffle else None
+                    valid = listwise_reranked(fm, builder, cut, lists["valid"], shuffle_seed=shuffle_seed)
+                    test = listwise_reranked(fm, builder, cut, lists["test"], shuffle_seed=shuffle_seed)
                     row[name] = _row(cold, valid, test, first_test)
                 per_k[f"k={k}"] = row
                 if progress is not None:

@@ -48,6 +48,13 @@ def test_training_lists_look_like_a_newcomer(k: int) -> None:
             assert target not in lst.items.tolist()
         assert np.all(np.diff(scores[lst.items]) <= 0)  # the first stage's order
         assert np.allclose(lst.first, scores[lst.items])
+    # shuffled (--shuffle): the same candidates, each with its own score, the target where its item went
+    mixed = coldstart_training_lists(split, popularity_model(split).score_all, users, k, ListwiseConfig(shuffle=True))
+    assert len(mixed) == len(lists)
+    for a, b in zip(lists, mixed, strict=True):
+        assert sorted(a.items.tolist()) == sorted(b.items.tolist()) and np.allclose(b.first, scores[b.items])
+        assert (a.target is None and b.target is None) or a.items[a.target] == b.items[b.target]
+    assert sum(not np.array_equal(a.items, b.items) for a, b in zip(lists, mixed, strict=True)) == len(lists)
 
 
 def test_a_small_run_reports_consistent_rows(_catalog_embeddings: Path) -> None:
@@ -82,8 +89,8 @@ def test_a_small_run_reports_consistent_rows(_catalog_embeddings: Path) -> None:
         (["--listwise", "--coldstart", "--cold-users", "0"], "--cold-users a positive one"),
         (["--listwise", "--train-users", "0"], "--train-users takes a positive number"),
         (["--listwise", "--lists-per-user", "0"], "--lists-per-user take positive numbers"),
-        (["--shuffle"], "use them with --listwise, without --coldstart"),
-        (["--listwise", "--coldstart", "--lam", "0"], "use them with --listwise, without --coldstart"),
+        (["--shuffle"], "use it with --listwise"),
+        (["--listwise", "--coldstart", "--lam", "0"], "use it with --listwise, without --coldstart"),
         (["--listwise", "--lam", "-1"], "--lam takes a distillation weight between 0 and 100"),
     ],
 )
