@@ -48,7 +48,6 @@ from models.fm.listwise import (
     ListwisePromptBuilder,
     cache_lists,
     ranked_list,
-    shuffled,
     train_listwise_adapter,
 )
 from models.fm.lora import LoraWeights, default_shared_spec, export_gguf
@@ -91,8 +90,9 @@ def coldstart_training_lists(
         outside = np.setdiff1d(np.arange(split.n_items), seen)
         rng = np.random.default_rng([config.seed, int(user), k, 29])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-        example = ranked_list(int(user), history, target, negatives, score_all, config.k)
-        out.append(shuffled(example, rng.permutation(len(example.items))) if config.shuffle else example)
+        out.append(
+            ranked_list(int(user), history, target, negatives, score_all, config.k, rng if config.shuffle else None)
+        )
     return out
 
 
@@ -184,6 +184,7 @@ def run_listwise_coldstart(
             )
             timings["adapter_s"] = time.perf_counter() - clock
         clock = time.perf_counter()
+        shuffle_seed = config.seed if config.shuffle else None
         with FoundationModel(gguf_path(), n_threads=config.threads, n_ctx=1024) as fm:
             if adapter is not None:
                 fm.load_adapter("shared", adapter)
@@ -199,7 +200,6 @@ def run_listwise_coldstart(
                 for name, scale in variants:
                     if adapter is not None:
                         fm.set_scales(shared=scale)
-                    shuffle_seed = config.seed if config.shuffle else None
                     valid = listwise_reranked(fm, builder, cut, lists["valid"], shuffle_seed=shuffle_seed)
                     test = listwise_reranked(fm, builder, cut, lists["test"], shuffle_seed=shuffle_seed)
                     row[name] = _row(cold, valid, test, first_test)

@@ -43,8 +43,7 @@ from models.fm.listwise import (
     ListwiseConfig,
     ListwisePromptBuilder,
     cache_lists,
-    score_list,
-    score_list_in,
+    score_list_shuffled,
     train_listwise_adapter,
     training_lists,
 )
@@ -208,13 +207,8 @@ def listwise_reranked(
     it and the user (the scores still come back in first-stage order)."""
     out = []
     for u, c in lists.items():
-        items = c.items[c.top].tolist()
-        history = split.users[u].train
-        if shuffle_seed is None:
-            scores = score_list(fm, builder, history, items)
-        else:
-            order = np.random.default_rng([shuffle_seed, u, 29]).permutation(len(items))
-            scores = score_list_in(fm, builder, history, items, order)
+        seed = None if shuffle_seed is None else [shuffle_seed, u, 29]
+        scores = score_list_shuffled(fm, builder, split.users[u].train, c.items[c.top].tolist(), seed)
         out.append(RerankedList(c.top, c.first[c.top], scores, c.positive_first_rank))
     return out
 

@@ -57,7 +57,7 @@ from models.firststage.recipe import CentralConfig, FederatedConfig
 from models.firststage.scorer import QUERY_WEIGHT, FirstStageScorer, PrivateParams, query_vector, with_query
 from models.fm.assets import require_gguf, torch_dir
 from models.fm.blend import RerankedList, blend, fm_auc
-from models.fm.listwise import LetterScorer, ListwisePromptBuilder, score_list, score_list_in
+from models.fm.listwise import LetterScorer, ListwisePromptBuilder, score_list_shuffled
 from models.fm.serving import FoundationModel
 from models.text.encoder import ItemEncoder
 from models.types import FloatArray, IntArray, Progress
@@ -186,12 +186,8 @@ def lm_lists(
         scores = np.asarray(product(lst.user, lst.request.text, lst.candidates, lst.first_stage), dtype=np.float64)
         top = np.argsort(-scores, kind="stable")[:k].astype(np.int64)
         history = split.users[lst.user].train
-        shown = lst.candidates[top].tolist()
-        if shuffle_seed is None:
-            lm = score_list(model, builder, history, shown, lst.request.text)
-        else:
-            order = np.random.default_rng([shuffle_seed, lst.user, 47]).permutation(len(shown))
-            lm = score_list_in(model, builder, history, shown, order, lst.request.text)
+        seed = None if shuffle_seed is None else [shuffle_seed, lst.user, 47]
+        lm = score_list_shuffled(model, builder, history, lst.candidates[top].tolist(), seed, lst.request.text)
         out[lst.user] = LMList(lst.candidates, scores, top, np.asarray(lm, dtype=np.float32))
         if progress is not None and (done % 25 == 0 or done == len(lists)):
             progress("query_lm", {"lists": done, "of": len(lists)})

@@ -204,9 +204,8 @@ def sequence_lists(
         history = train[: len(train) - back]
         target = int(train[len(train) - back])
         negatives = rng.choice(outside, size=min(config.negatives, len(outside)), replace=False)
-        example = ranked_list(user, history, target, negatives, score_all, config.k)
-        if config.shuffle:
-            example = shuffled(example, rng.permutation(len(example.items)))  # after this list's negatives
+        # the letters' order, when shuffled, is drawn after this list's negatives
+        example = ranked_list(user, history, target, negatives, score_all, config.k, rng if config.shuffle else None)
         if example.target is None and config.skip_missing:
             continue
         out.append(example)
@@ -214,16 +213,24 @@ def sequence_lists(
 
 
 def ranked_list(
-    user: int, history: IntArray, target: int, negatives: IntArray, score_all: ScoreAllFn, k: int
+    user: int,
+    history: IntArray,
+    target: int,
+    negatives: IntArray,
+    score_all: ScoreAllFn,
+    k: int,
+    shuffle_rng: np.random.Generator | None = None,
 ) -> ListExample:
     """The training list of ``target`` against ``negatives`` after ``history``: the first stage's top ``k`` of them
-    in its order, their scores, and the target's slot (None when it is not in the top ``k``)."""
+    in its order, their scores, and the target's slot (None when it is not in the top ``k``). With ``shuffle_rng``
+    the top ``k`` are put in an order it draws (:func:`shuffled`) instead."""
     candidates = np.concatenate([[target], negatives]).astype(np.int64)
     scores = np.asarray(score_all(int(user), history), dtype=np.float64)[candidates]
     top = np.argsort(-scores, kind="stable")[:k]
     where = np.flatnonzero(top == 0)
     slot = int(where[0]) if len(where) else None
-    return ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot)
+    example = ListExample(int(user), history.tolist(), candidates[top], scores[top].astype(np.float32), slot)
+    return example if shuffle_rng is None else shuffled(example, shuffle_rng.permutation(len(top)))
 
 
 def shuffled(example: ListExample, order: IntArray) -> ListExample:
@@ -251,6 +258,22 @@ def score_list_in(
     out = np.empty(len(candidates), dtype=np.float32)
     out[order] = score_list(model, builder, history, shown, request)
     return out
+
+
+def score_list_shuffled(
+    model: LetterScorer,
+    builder: ListwisePromptBuilder,
+    history: Iterable[int],
+    candidates: Sequence[int],
+    seed: Sequence[int] | None,
+    request: str | None = None,
+) -> NDArray[np.float32]:
+    """:func:`score_list` (``seed`` None), or :func:`score_list_in` with the order
+    ``np.random.default_rng(seed)`` draws; the scores come back in the given candidates' order."""
+    if seed is None:
+        return score_list(model, builder, history, candidates, request)
+    order = np.random.default_rng(list(seed)).permutation(len(candidates))
+    return score_list_in(model, builder, history, candidates, order, request)
 
 
 def teacher_logits(first: NDArray[np.floating], tau: float) -> NDArray[np.float64]:
