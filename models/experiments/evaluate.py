@@ -1,7 +1,7 @@
 """The ``agent eval`` harness: train or load the named model, select it on validation, report test metrics.
 
 Models: ``popularity``, ``central``, ``federated`` (:mod:`models.firststage.fit`), ``persona-base`` (the federated
-first stage with its top candidates rescored by the foundation model, no adapters) and ``persona`` /
+first stage with its top candidates rescored by the foundation model's listwise prompt, no adapters) and ``persona`` /
 ``persona-shared`` (the whole system, :mod:`models.experiments.persona`). Protocols:
 :mod:`models.evaluation.protocols`. The first-stage models (central, federated) also report the cheap non-LM
 reranker of their top 20 (:mod:`models.experiments.feature_rerank`) and its ΔNDCG@10 with a bootstrap interval.
@@ -37,8 +37,7 @@ from models.firststage.fit import cold_private_model, train_federated, train_mod
 from models.firststage.recipe import CentralConfig, FederatedConfig
 from models.fm.assets import gguf_path, torch_dir
 from models.fm.blend import pick_weight, rerank_lists
-from models.fm.prompts import PromptBuilder
-from models.fm.scoring import score_items
+from models.fm.listwise import ListwisePromptBuilder, score_list
 from models.fm.serving import FoundationModel
 from models.types import FloatArray, IntArray, Progress
 
@@ -88,11 +87,11 @@ def evaluate_two_stage(
     keep the foundation model where validation says it helps.
     """
     first = train_federated(split, text_vectors, config=federated, progress=progress)
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
-    with FoundationModel(gguf_path(), max_candidates=k) as fm:
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    with FoundationModel(gguf_path(), n_ctx=1024, max_candidates=k) as fm:
 
         def fm_score(_u: int, history: IntArray, items: IntArray) -> FloatArray:
-            return score_items(fm, builder, history, items)
+            return score_list(fm, builder, history, items.tolist())
 
         valid_lists = rerank_lists(split, "valid", first.score, fm_score, k=k)
         weight, valid = pick_weight(valid_lists)

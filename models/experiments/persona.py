@@ -1,19 +1,23 @@
 """The whole system, measured end to end: ``agent eval --model persona`` and ``--model persona-shared``.
 
+It measures what the product runs: the listwise prompt (:mod:`models.fm.listwise`) and the adapters as agents train
+them.
+
 1. The first stage is trained by the federated simulation (:func:`models.firststage.fit.train_federated`).
-2. The foundation model's **shared** LoRA φ_g is trained by federated rounds of agents on their own pairs
-   (:func:`models.fm.adapter_training.train_shared_adapter`), through the same
+2. The foundation model's **shared** LoRA φ_g is trained by federated rounds of agents on their own listwise lists
+   (:func:`models.fm.federated_listwise.train_shared_listwise`), through the same
    :class:`~models.federation.Aggregator` interface the first stage uses (so the secure aggregator can
    carry it too).
-3. Each user's **private** LoRA φ_u trains on that user's own pairs with the shared adapter attached and frozen
-   (:func:`models.fm.adapter_training.train_private_adapter`), in the worker pool of
+3. A seeded sample of users' **private** LoRA φ_u trains on that user's own lists with the shared adapter attached
+   and frozen, as ``agent train`` does (:func:`models.fm.listwise.train_on_own_lists`), in the worker pool of
    :mod:`models.experiments.persona_rerank`.
-4. Serving is llama.cpp with both adapters exported to GGUF; the first stage's top ``rerank_k`` are rescored and
-   blended (:mod:`models.fm.blend`) with a weight picked on validation users only.
+4. Serving is llama.cpp with both adapters exported to GGUF; the first stage's top ``rerank_k`` are rescored by one
+   listwise prompt and blended (:mod:`models.fm.blend`) with a weight picked on validation users only.
 
-Compute budget (2-core laptop, see README): the rerank of every user's test list is the largest cost, so the
-validation lists that pick the blend weight are scored for a seeded sample of ``valid_users`` users. The cold-start
-protocol is in :mod:`models.experiments.persona_coldstart`.
+Compute budget (2-core laptop, see README): the validation lists that pick the blend weight are scored for a seeded
+sample of ``valid_users`` users, and a private LoRA (about 30 s each) trains for ``private_users`` of them, whose
+validation lists pick the ``both`` weight and whose test lists report it (against the first stage on the same
+lists). The cold-start protocol is in :mod:`models.experiments.persona_coldstart`.
 """
 
 from __future__ import annotations
@@ -34,42 +38,53 @@ from models.data.split import Split
 from models.evaluation.protocols import user_ranks
 from models.evaluation.stats import compare_ranks
 from models.experiments.feature_rerank import FeatureContext, feature_rerank_row
-from models.experiments.persona_rerank import VARIANTS, RerankJob, UserResult, rerank_all, summaries
+from models.experiments.persona_rerank import (
+    VARIANTS,
+    RerankJob,
+    UserResult,
+    first_stage_where,
+    rerank_all,
+    summaries,
+)
 from models.federation import Aggregator
 from models.firststage.fit import TrainedModel, train_federated
 from models.firststage.recipe import FederatedConfig
 from models.firststage.scorer import PrivateParams, SharedParams
-from models.fm.adapter_training import AdapterConfig, train_shared_adapter
 from models.fm.assets import torch_dir
+from models.fm.federated_listwise import SharedListwiseConfig, train_shared_listwise
+from models.fm.listwise import LIST_SIZE, PRIVATE_SECONDS, ListwisePromptBuilder
 from models.fm.lora import LoraWeights, export_gguf
-from models.fm.prompts import PromptBuilder
 from models.types import FloatArray, Progress
 
 
 @dataclass(frozen=True)
 class PersonaConfig:
-    """Settings of the foundation-model part of the evaluation: the adapters' recipe (the fields and defaults of
-    :class:`~models.fm.adapter_training.AdapterConfig`) and how the evaluation runs (see README)."""
+    """Settings of the foundation-model part of the evaluation: the shared adapter's federated rounds (the fields and
+    defaults of :class:`~models.fm.federated_listwise.SharedListwiseConfig`) and how the evaluation runs (README)."""
 
-    rounds: int = AdapterConfig.rounds
-    cohort: int = AdapterConfig.cohort
-    pairs_per_agent: int = AdapterConfig.pairs_per_agent
-    local_lr: float = AdapterConfig.local_lr
-    server_lr: float = AdapterConfig.server_lr
-    private_pairs: int = AdapterConfig.private_pairs
-    private_epochs: int = AdapterConfig.private_epochs
-    private_lr: float = AdapterConfig.private_lr
-    rerank_k: int = 20
-    candidate_pool: int = AdapterConfig.candidate_pool
+    rounds: int = SharedListwiseConfig.rounds
+    cohort: int = SharedListwiseConfig.cohort
+    lists_per_agent: int = SharedListwiseConfig.lists_per_agent
+    local_epochs: int = SharedListwiseConfig.local_epochs
+    server_lr: float = SharedListwiseConfig.server_lr
+    rerank_k: int = LIST_SIZE
     valid_users: int = 150  # users whose validation lists pick the blend weight (seeded sample)
+    private_users: int = 40  # of those, users whose private LoRA trains (≈ 30 s each): they measure ``both``
+    private_seconds: float = PRIVATE_SECONDS  # each private LoRA's budget, as on the device (tests: less)
     test_users: int | None = None  # None: every user's test list (the protocol); a number: a seeded sample (pilots)
     threads: int | None = None  # torch threads while training the shared adapter; rerank workers use 1 each
     workers: int | None = None  # rerank processes (None: one per core; this is a batch job, not the suggest path)
-    seed: int = AdapterConfig.seed
+    seed: int = SharedListwiseConfig.seed
 
-    def adapters(self) -> AdapterConfig:
-        """The adapters' training recipe within these settings."""
-        return AdapterConfig(**{f.name: getattr(self, f.name) for f in fields(AdapterConfig)})
+    def __post_init__(self) -> None:
+        if not 1 <= self.rerank_k <= LIST_SIZE:
+            raise ValueError(f"the listwise prompt letters 1 to {LIST_SIZE} candidates, got rerank_k={self.rerank_k}")
+        if self.private_users < 1:
+            raise ValueError(f"private_users must be ≥ 1 (the private adapter's sample), got {self.private_users}")
+
+    def shared_rounds(self) -> SharedListwiseConfig:
+        """The shared adapter's federated rounds within these settings."""
+        return SharedListwiseConfig(**{f.name: getattr(self, f.name) for f in fields(SharedListwiseConfig)})
 
 
 def train_stages(
@@ -107,11 +122,11 @@ def train_stages(
     assert first.score_all is not None and first.shared is not None
     timings["first_stage_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", catalog)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", catalog)
     fm = TorchFM(threads=config.threads or config.workers or os.cpu_count())
     agents = split if users is None else split.subset(users)
-    shared, fm_log = train_shared_adapter(
-        agents, first.score_all, fm, builder, config.adapters(), aggregator=fm_aggregator, progress=progress
+    shared, fm_log = train_shared_listwise(
+        agents, first.score_all, fm, builder, config.shared_rounds(), aggregator=fm_aggregator, progress=progress
     )
     del fm  # the rerank workers load their own copy; the parent's would only hold memory
     timings["shared_adapter_s"] = time.perf_counter() - clock
@@ -138,15 +153,18 @@ def rerank_job(
     private: bool,
     valid_users: Set[int],
     test_users: Set[int],
+    private_users: Set[int],
+    shared: LoraWeights,
 ) -> RerankJob:
-    """The rerank workers' job: the adapter variants to measure and the users whose valid/test lists to score."""
+    """The rerank workers' job: the adapter variants to measure, the users whose valid/test lists to score and those
+    whose private adapter trains."""
     return RerankJob(
         split=split,
         text_vectors=text_vectors,
         catalog=catalog,
         first_stage=first_stage,
+        shared=shared,
         shared_gguf=str(Path(folder) / "shared.gguf"),
-        adapters=config.adapters(),
         rerank_k=config.rerank_k,
         threads=config.threads or 1,
         protocol=protocol,
@@ -154,6 +172,8 @@ def rerank_job(
         variants=VARIANTS if private else VARIANTS[:2],
         valid_users=frozenset(valid_users),
         test_users=frozenset(test_users),
+        private_users=frozenset(private_users),
+        private_seconds=config.private_seconds,
         workdir=folder,
     )
 
@@ -173,7 +193,10 @@ def evaluate_persona(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     """Train the whole system and report test metrics (blend weight chosen on validation), validation metrics and
     a selection record that also carries, measured on the same users and candidates so the rows differ only in
-    the adapters: the first stage alone, the base FM (no adapter) and, with ``private``, the shared adapter alone."""
+    the adapters: the first stage alone, the base FM (no adapter) and, with ``private``, the shared adapter alone.
+
+    With ``private`` the reported metrics are those of the ``private_users`` sample (both adapters), and
+    ``first_stage_on_private_users`` is the first stage on the same test lists; without, every test user's."""
     first, shared, fm_log, timings = train_stages(
         split,
         text_vectors,
@@ -191,9 +214,14 @@ def evaluate_persona(
     rng = np.random.default_rng([config.seed, 13])
     n_valid = min(config.valid_users, len(users))
     valid_users = set(int(u) for u in rng.choice(users, size=n_valid, replace=False))
+    private_rng = np.random.default_rng([config.seed, 43])
+    private_users = set(int(u) for u in private_rng.permutation(sorted(valid_users))[: config.private_users])
+    if not private:
+        private_users = set()
     if config.test_users is not None and config.test_users < len(users):
         test_rng = np.random.default_rng([config.seed, 17])
         test_users = set(int(u) for u in test_rng.choice(users, size=config.test_users, replace=False))
+        test_users |= private_users  # their test lists report the ``both`` row
         users = sorted(test_users | valid_users)
     else:
         test_users = set(users)
@@ -211,6 +239,8 @@ def evaluate_persona(
             private=private,
             valid_users=valid_users,
             test_users=test_users,
+            private_users=private_users,
+            shared=shared,
         )
         results = rerank_all(job, users, min(workers, len(users)), progress)
     timings["per_user_wall_s"] = time.perf_counter() - clock
@@ -237,7 +267,10 @@ def evaluate_persona(
     if private:
         selected["shared_only"] = report["shared"]
         losses = [r.private_loss for r in results if r.private_loss is not None]
-        selected["private_train_loss_mean"] = float(np.mean(losses))
+        selected["private_train_loss_mean"] = float(np.mean(losses)) if losses else None
+        on_private, n_private = first_stage_where(results, "both", recall)
+        selected["first_stage_on_private_users"] = on_private
+        selected["private_users"] = n_private
     ctx = FeatureContext.build(split, text_vectors, catalog)
     selected["feature_rerank"], feature_vs = feature_rerank_row(
         split,
@@ -261,12 +294,13 @@ def evaluate_persona(
 
 def variant_comparisons(results: list[UserResult], report: dict[str, Any], private: bool) -> dict[str, Any]:
     """Each row's ΔNDCG@10 and ΔHR@10 against the first stage on the same test lists, with paired bootstrap
-    intervals over users: ``base_fm``, ``shared_only`` (with ``private``) and the evaluated model."""
+    intervals over users: ``base_fm``, ``shared_only`` (with ``private``) and the evaluated model (with ``private``:
+    on the private sample)."""
     rows = {"base_fm": "base", "shared_only": "shared"} if private else {"base_fm": "base"}
     rows["persona" if private else "persona-shared"] = VARIANTS[-1] if private else VARIANTS[1]
-    tested = [r for r in results if ("base", "test") in r.lists]
-    first = [r.lists[("base", "test")].rank(0.0) for r in tested]
-    return {
-        row: compare_ranks([r.lists[(v, "test")].rank(report[v]["blend_weight"]) for r in tested], first)
-        for row, v in rows.items()
-    }
+    out = {}
+    for row, v in rows.items():  # each row on the users it was measured on (``both``: the private sample)
+        tested = [r for r in results if (v, "test") in r.lists]
+        first = [r.lists[("base", "test")].rank(0.0) for r in tested]
+        out[row] = compare_ranks([r.lists[(v, "test")].rank(report[v]["blend_weight"]) for r in tested], first)
+    return out

@@ -1,5 +1,11 @@
-"""The per-user part of ``agent eval --model persona``: each user's private LoRA (when measured) and the foundation
-model's rescoring of their validation and test candidates under each adapter variant, over a pool of processes.
+"""The per-user part of ``agent eval --model persona``: each sampled user's private LoRA (when measured) and the
+foundation model's listwise rescoring (:func:`models.fm.listwise.score_list`, the prompt the product serves) of their
+validation and test candidates under each adapter variant, over a pool of processes.
+
+The private LoRA trains as the product's worker trains it (:func:`models.fm.listwise.train_on_own_lists` within
+``RerankJob.private_seconds``, the device's :data:`~models.fm.listwise.PRIVATE_SECONDS` by default, the shared adapter attached and frozen), which costs about 30 s a
+user here: within the 60-minute budget it trains for a seeded sample of the validation users
+(``RerankJob.private_users``), and the ``both`` variant is measured on those users only.
 
 Workers are spawned (the parent's torch and OpenMP state is never forked), with one thread each; each loads its own
 llama.cpp model and, when private adapters are measured, its own torch copy to train them.
@@ -22,12 +28,15 @@ from models.data.split import Split
 from models.evaluation.metrics import summarize
 from models.firststage.fit import scorer_model
 from models.firststage.scorer import PrivateParams, SharedParams
-from models.fm.adapter_training import AdapterConfig, train_private_adapter
 from models.fm.assets import gguf_path, torch_dir
 from models.fm.blend import RerankedList, fm_auc, pick_weight, weight_curve
-from models.fm.lora import export_gguf
-from models.fm.prompts import PromptBuilder
-from models.fm.scoring import score_items
+from models.fm.listwise import (
+    PRIVATE_MAX_EPOCHS,
+    ListwisePromptBuilder,
+    score_list,
+    train_on_own_lists,
+)
+from models.fm.lora import LoraWeights, default_private_spec, export_gguf
 from models.fm.serving import FoundationModel
 from models.types import FloatArray, IntArray, Progress, ScoreAllFn
 
@@ -79,8 +88,8 @@ class RerankJob:
     text_vectors: FloatArray
     catalog: Catalog
     first_stage: tuple[SharedParams, dict[int, PrivateParams]]  # the selected first stage's parameters
-    shared_gguf: str
-    adapters: AdapterConfig
+    shared: LoraWeights  # φ_g, attached (frozen) to the torch copy while private adapters train
+    shared_gguf: str  # the same adapter for llama.cpp
     rerank_k: int
     threads: int
     protocol: Literal["loo99", "full"]
@@ -88,6 +97,8 @@ class RerankJob:
     variants: tuple[str, ...]
     valid_users: frozenset[int]
     test_users: frozenset[int]
+    private_users: frozenset[int]  # users whose private LoRA trains (with ``private``); only they get ``both``
+    private_seconds: float  # each private LoRA's training budget (the device's: PRIVATE_SECONDS)
     workdir: str
 
 
@@ -109,13 +120,14 @@ class _Reranker:
         self.job = job
         shared, privates = job.first_stage
         self.score_all = scorer_model(shared, privates, job.text_vectors).score_all
-        self.builder = PromptBuilder(torch_dir() / "tokenizer.json", job.catalog)
+        self.builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", job.catalog)
         self.fm: Any = None
         if job.private:
             from models.fm.torch_model import TorchFM  # torch: loaded only where private adapters train
 
             self.fm = TorchFM(threads=job.threads)
-        self.served = FoundationModel(gguf_path(), n_threads=job.threads, max_candidates=job.rerank_k)
+            self.fm.attach("shared", job.shared)
+        self.served = FoundationModel(gguf_path(), n_threads=job.threads, n_ctx=1024, max_candidates=job.rerank_k)
         self.served.load_adapter("shared", Path(job.shared_gguf))
         self.private_path = Path(job.workdir) / f"private-{os.getpid()}.gguf"
 
@@ -127,7 +139,7 @@ class _Reranker:
         and private training (jobs that differ only in their users' data, like the cold-start protocol's k)."""
         old = self.job
         same = job.shared_gguf == old.shared_gguf and job.threads == old.threads and job.rerank_k == old.rerank_k
-        return same and job.catalog is old.catalog and job.private == old.private
+        return same and job.catalog is old.catalog and job.private == old.private and job.shared is old.shared
 
     def rebind(self, job: RerankJob) -> None:
         """Rerank for ``job`` (which :meth:`serves` must accept) with the models already loaded: only the first
@@ -140,16 +152,34 @@ class _Reranker:
         self.job = job
 
     def user(self, u: int) -> UserResult:
-        """Train ``u``'s private adapter (when measured) and rescore their validation and test candidates."""
+        """Train ``u``'s private adapter (when sampled) and rescore their validation and test candidates."""
         job = self.job
         s = job.split.users[u]
         assert self.score_all is not None
         loss: float | None = None
         clock = time.perf_counter()
-        trained = job.private and len(s.train) >= 2  # a pair needs a history before a positive
+        trained = job.private and u in job.private_users and len(s.train) >= 2  # a list needs a history
         if trained:
-            adapter, loss, _ = train_private_adapter(u, s.train, self.score_all, self.fm, self.builder, job.adapters)
-            export_gguf(adapter, self.private_path)
+            score_all = self.score_all
+
+            def own_scores(_user: int, history: IntArray) -> FloatArray:  # the lists number their user 0
+                return score_all(u, history)
+
+            start = LoraWeights.init(default_private_spec(len(self.fm.layers)), self.fm.shapes())
+            own = train_on_own_lists(
+                self.fm,
+                self.builder,
+                "private",
+                start,
+                s.train,
+                job.split.n_items,
+                own_scores,
+                deadline=time.monotonic() + job.private_seconds,
+                max_epochs=PRIVATE_MAX_EPOCHS,
+            )
+            self.fm.attach("private", None)
+            loss = own.training.loss_after
+            export_gguf(own.training.weights, self.private_path)
             self.served.load_adapter("private", self.private_path)
         private_s = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -160,11 +190,13 @@ class _Reranker:
                 continue
             c = candidates_for(job.split, u, which, job.protocol, self.score_all, job.rerank_k)
             for variant in job.variants:
+                if variant == "both" and u not in job.private_users:
+                    continue  # the private sample only; a sampled user too new for a private LoRA is served shared
                 scales = {"shared": 0.0 if variant == "base" else 1.0}
                 if "private" in self.served.adapters:  # a previous user's adapter never scores this user
-                    scales["private"] = 1.0 if variant == "both" and trained else 0.0
+                    scales["private"] = 1.0 if variant == "both" else 0.0
                 self.served.set_scales(**scales)
-                fm_scores = score_items(self.served, self.builder, s.train, c.items[c.top])
+                fm_scores = score_list(self.served, self.builder, s.train, c.items[c.top].tolist())
                 lists[(variant, which)] = RerankedList(c.top, c.first[c.top], fm_scores, c.positive_first_rank)
         return UserResult(u, lists, loss, private_s, time.perf_counter() - clock)
 
@@ -259,3 +291,12 @@ def summaries(
             first_test = summarize([lst.rank(0.0) for lst in lists["test"]], recall_ks=recall)
             first_valid = summarize([lst.rank(0.0) for lst in lists["valid"]], recall_ks=recall)
     return report, first_test, first_valid
+
+
+def first_stage_where(
+    results: list[UserResult], variant: str, recall: tuple[int, ...] = ()
+) -> tuple[dict[str, float], int]:
+    """The first stage alone on the test lists ``variant`` was measured on (``both``: the private sample), and how
+    many there are."""
+    ranks = [r.lists[("base", "test")].rank(0.0) for r in results if (variant, "test") in r.lists]
+    return summarize(ranks, recall_ks=recall), len(ranks)

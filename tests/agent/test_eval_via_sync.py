@@ -10,9 +10,9 @@ from agent.cli.main import app
 from agent.engine.sync import sync_aggregator
 from models.data.movielens import load_ml100k
 from models.data.split import make_loo_split
-from models.fm.adapter_training import AdapterConfig, train_shared_adapter
 from models.fm.assets import torch_dir
-from models.fm.prompts import PromptBuilder
+from models.fm.federated_listwise import SharedListwiseConfig, train_shared_listwise
+from models.fm.listwise import ListwisePromptBuilder
 from models.fm.torch_model import TorchFM
 from sync.protocol.rules import SYNC_PHI_SIZE
 
@@ -30,17 +30,17 @@ def test_the_shared_adapter_rounds_go_through_a_coordinator_and_give_the_in_proc
     def score_all(_user: int, _history: np.ndarray) -> np.ndarray:
         return popularity.astype(np.float64)
 
-    config = AdapterConfig(rounds=1, cohort=3, pairs_per_agent=2)
-    builder = PromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
+    config = SharedListwiseConfig(rounds=1, cohort=3, lists_per_agent=1)
+    builder = ListwisePromptBuilder(torch_dir() / "tokenizer.json", dataset.catalog)
     fm = TorchFM(threads=1)
-    in_process, _ = train_shared_adapter(split, score_all, fm, builder, config)
+    in_process, _ = train_shared_listwise(split, score_all, fm, builder, config)
     # no noise and a bound no delta reaches (one Adam step of 1e-3 moves the 61,440 values by a norm of about 0.25):
     # what secure aggregation adds is then only its fixed-point rounding, about 1e-4 of the bound per value
     monkeypatch.setenv("PERSONA_SYNC_SIGMA", "0")
     initial = np.zeros(SYNC_PHI_SIZE, dtype=np.float32)
     with sync_aggregator(True, split, 0, config.server_lr, cohort=3, initial=initial, clip=1.0) as aggregator:
         assert aggregator is not None
-        secure, log = train_shared_adapter(split, score_all, fm, builder, config, aggregator=aggregator)
+        secure, log = train_shared_listwise(split, score_all, fm, builder, config, aggregator=aggregator)
     (round_,) = aggregator.stats
     assert round_.status == "done" and round_.survivors == 3 and round_.bytes_up_per_agent > 0
     assert log[0]["agents"] == 3

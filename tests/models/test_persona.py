@@ -17,8 +17,10 @@ from models.experiments.persona_coldstart import evaluate_persona_coldstart
 from models.experiments.persona_rerank import candidates_for
 from models.firststage.fit import train_federated
 from models.firststage.recipe import FederatedConfig
-from models.fm.adapter_training import AdapterConfig, agent_pairs
+from models.fm.adapter_training import agent_pairs
 from models.fm.blend import BLEND_WEIGHTS
+from models.fm.federated_listwise import SharedListwiseConfig
+from models.fm.listwise import OWN_LIST_CONFIG
 from models.text.encoder import ItemEncoder, embed_catalog
 
 
@@ -39,8 +41,25 @@ def test_agent_pairs_come_from_the_agents_own_training_items() -> None:
 
 
 def test_the_evaluation_measures_the_recipe_every_agent_runs() -> None:
-    assert PersonaConfig().adapters() == AdapterConfig()
-    assert PersonaConfig(private_epochs=2, seed=3).adapters() == AdapterConfig(private_epochs=2, seed=3)
+    assert PersonaConfig().shared_rounds() == SharedListwiseConfig()
+    assert PersonaConfig(rounds=3, seed=3).shared_rounds() == SharedListwiseConfig(rounds=3, seed=3)
+    # an agent's lists train with the sync's loss, λ, τ and learning rate; only how many lists it brings differs
+    own = SharedListwiseConfig(lists_per_agent=3).own_lists()
+    assert (own.lam, own.tau, own.lr, own.k, own.negatives) == (
+        OWN_LIST_CONFIG.lam,
+        OWN_LIST_CONFIG.tau,
+        OWN_LIST_CONFIG.lr,
+        OWN_LIST_CONFIG.k,
+        OWN_LIST_CONFIG.negatives,
+    )
+    assert own.lists_per_user == own.batch == 3 and not own.shuffle
+
+
+def test_the_evaluation_refuses_lists_the_prompt_cannot_letter() -> None:
+    with pytest.raises(ValueError, match="1 to 20 candidates"):
+        PersonaConfig(rerank_k=21)
+    with pytest.raises(ValueError, match="private_users"):
+        PersonaConfig(private_users=0)
 
 
 def test_full_protocol_candidates_exclude_training_and_valid_items() -> None:
@@ -74,11 +93,11 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     config = PersonaConfig(
         rounds=1,
         cohort=2,
-        pairs_per_agent=4,
-        private_pairs=4,
-        private_epochs=2,
+        lists_per_agent=1,
         rerank_k=5,
         valid_users=2,
+        private_users=1,
+        private_seconds=8.0,
         threads=1,
         workers=2,  # the real process pool, as `agent eval` runs it
     )
@@ -93,20 +112,27 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert auc is None or 0.0 <= auc <= 1.0
     assert set(selected["base_fm"]["valid_NDCG@10_by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
     assert selected["valid_users"] == 2 and selected["test_users"] == 4 and selected["workers"] == 2
-    # the shared adapter trained through one federated round of two agents, and the private ones trained
-    assert selected["fm_rounds"][0]["agents"] == 2
+    # the shared adapter trained through one federated round of two agents (a list each), and one private adapter
+    assert selected["fm_rounds"][0]["agents"] == 2 and selected["fm_rounds"][0]["lists"] == 2
     assert np.isfinite(selected["fm_rounds"][0]["train_loss"])
     assert np.isfinite(selected["private_train_loss_mean"])
+    assert selected["private_users"] == 1
     # weight 0 keeps the first stage's order: its metrics equal the first stage measured on its own
     first = train_federated(split, vectors, config=federated)
     assert selected["first_stage_metrics"] == metrics_for(first, split, "loo99", "test")
-    # reranking only reorders the top 5, so HR@10 cannot change
-    assert test["HR@10"] == selected["first_stage_metrics"]["HR@10"]
-    # the per-user ranks (agent eval --ranks) are the ones behind the reported metrics
+    # the persona row (both adapters) is the private sample's: one user, whose first-stage row is on the same list
     ranks = selected["test_ranks"]
-    assert ranks["first_stage"] == user_ranks(first, split, "loo99", "test")
-    assert set(ranks["persona"]) == set(split.users)
+    (sampled,) = ranks["persona"]
+    first_ranks = user_ranks(first, split, "loo99", "test")
+    assert selected["first_stage_on_private_users"] == summarize([first_ranks[sampled]])
+    # reranking only reorders the top 5, so HR@10 cannot change
+    assert test["HR@10"] == selected["first_stage_on_private_users"]["HR@10"]
+    assert selected["shared_only"]["test"]["HR@10"] == selected["first_stage_metrics"]["HR@10"]
+    # the per-user ranks (agent eval --ranks) are the ones behind the reported metrics
+    assert ranks["first_stage"] == first_ranks
     assert summarize(list(ranks["persona"].values())) == pytest.approx(test)
+    assert selected["vs_first_stage"]["persona"]["users"] == 1
+    assert selected["vs_first_stage"]["shared_only"]["users"] == 4
 
 
 @pytest.mark.usefixtures("warm_embedding_cache")
@@ -114,17 +140,18 @@ def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
     dataset, split, vectors = first_users(10)
     federated = FederatedConfig(rounds=1)
     config = PersonaConfig(
-        rounds=1, cohort=8, pairs_per_agent=4, private_pairs=4, private_epochs=1, rerank_k=5, threads=1, workers=1
+        rounds=1, cohort=8, lists_per_agent=1, rerank_k=5, private_users=1, private_seconds=4.0, threads=1, workers=1
     )
     test, _valid, selected = evaluate_persona_coldstart(
         split, vectors, dataset.catalog, federated=federated, config=config
     )
     assert set(test) == {f"k={k}" for k in COLDSTART_KS}
-    assert selected["cold_users"] == 2 and selected["warm_users"] == 8
+    assert selected["cold_users"] == 2 and selected["warm_users"] == 8 and selected["both_users"] == 1
     assert selected["fm_rounds"][0]["agents"] == 8  # the shared adapter saw the warm users only
     # the first-stage row is exactly the first stage's own cold-start measurement
     first, _, _ = evaluate_coldstart("federated", split, vectors, federated=federated)
     assert selected["first_stage_metrics"] == first
     for k in COLDSTART_KS:  # reranking the top 5 reorders within the top 10
-        assert test[f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
+        assert test[f"k={k}"]["HR@10"] == selected["first_stage_on_both_users"][f"k={k}"]["HR@10"]
+        assert selected["shared_only"][f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
         assert selected["blend_weight"][f"k={k}"] in BLEND_WEIGHTS
