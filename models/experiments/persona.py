@@ -69,7 +69,7 @@ class PersonaConfig:
     server_lr: float = SharedListwiseConfig.server_lr
     rerank_k: int = LIST_SIZE
     valid_users: int = 150  # users whose validation lists pick the blend weight (seeded sample)
-    private_users: int = 40  # of those, users whose private LoRA trains (≈ 30 s each): they measure ``both``
+    private_users: int = 80  # of those, users whose private LoRA trains (≈ 30 s each): they measure ``both``
     private_seconds: float = PRIVATE_SECONDS  # each private LoRA's budget, as on the device (tests: less)
     test_users: int | None = None  # None: every user's test list (the protocol); a number: a seeded sample (pilots)
     threads: int | None = None  # torch threads while training the shared adapter; rerank workers use 1 each
@@ -255,6 +255,8 @@ def evaluate_persona(
         "first_stage_metrics": first_test,
         "first_stage_valid_metrics": first_valid,
         "blend_weight": final["blend_weight"],
+        "best_valid_weight": final["best_valid_weight"],
+        "valid_gain_at_best": final["valid_gain_at_best"],
         "rerank_k": config.rerank_k,
         "valid_users": n_valid,
         "test_users": len(test_users),

@@ -2,10 +2,11 @@
 foundation model's listwise rescoring (:func:`models.fm.listwise.score_list`, the prompt the product serves) of their
 validation and test candidates under each adapter variant, over a pool of processes.
 
-The private LoRA trains as the product's worker trains it (:func:`models.fm.listwise.train_on_own_lists` within
-``RerankJob.private_seconds``, the device's :data:`~models.fm.listwise.PRIVATE_SECONDS` by default, the shared adapter attached and frozen), which costs about 30 s a
-user here: within the 60-minute budget it trains for a seeded sample of the validation users
-(``RerankJob.private_users``), and the ``both`` variant is measured on those users only.
+The private LoRA trains as the product's worker trains it (:func:`models.fm.listwise.train_on_own_lists`, the shared
+adapter attached and frozen, within ``RerankJob.private_seconds``: the device's
+:data:`~models.fm.listwise.PRIVATE_SECONDS` by default), which costs about 30 s a user here: within the 60-minute
+budget it trains for a seeded sample of the validation users (``RerankJob.private_users``), and the ``both`` variant
+is measured on those users only.
 
 Workers are spawned (the parent's torch and OpenMP state is never forked), with one thread each; each loads its own
 llama.cpp model and, when private adapters are measured, its own torch copy to train them.
@@ -29,7 +30,7 @@ from models.evaluation.metrics import summarize
 from models.firststage.fit import scorer_model
 from models.firststage.scorer import PrivateParams, SharedParams
 from models.fm.assets import gguf_path, torch_dir
-from models.fm.blend import RerankedList, fm_auc, pick_weight, weight_curve
+from models.fm.blend import RerankedList, fm_auc, supported_weight, weight_curve
 from models.fm.listwise import (
     PRIVATE_MAX_EPOCHS,
     ListwisePromptBuilder,
@@ -274,14 +275,18 @@ def rerank_all(job: RerankJob, users: list[int], workers: int, progress: Progres
 def summaries(
     results: list[UserResult], variants: tuple[str, ...], recall: tuple[int, ...]
 ) -> tuple[dict[str, Any], dict[str, float], dict[str, float]]:
-    """Per variant: the blend weight picked on the validation lists and the test/validation metrics with it; then
+    """Per variant: the blend weight validation supports (:func:`~models.fm.blend.supported_weight`: the best on the
+    validation lists, or 0 when its gain there is within the noise) and the test/validation metrics with it; then
     the first stage alone (weight 0) on the same test and validation lists."""
     report: dict[str, Any] = {}
     for variant in variants:
         lists = {w: [r.lists[(variant, w)] for r in results if (variant, w) in r.lists] for w in ("valid", "test")}
-        weight, _ = pick_weight(lists["valid"])
+        chosen = supported_weight(lists["valid"])
+        weight = chosen.weight
         report[variant] = {
             "blend_weight": weight,
+            "best_valid_weight": chosen.best,
+            "valid_gain_at_best": chosen.gain,
             "fm_auc_in_top_k": {w: fm_auc(lists[w]) for w in ("valid", "test")},
             "valid_NDCG@10_by_weight": {str(k): v["NDCG@10"] for k, v in weight_curve(lists["valid"]).items()},
             "test": summarize([lst.rank(weight) for lst in lists["test"]], recall_ks=recall),

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.data.split import Split
 from models.evaluation.metrics import summarize
+from models.evaluation.stats import compare_ranks
 from models.types import FloatArray, IntArray
 
 BLEND_WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -102,6 +104,28 @@ def pick_weight(
             best = (weight, metrics)
     assert best is not None
     return best
+
+
+@dataclass(frozen=True)
+class SupportedWeight:
+    """The blend weight validation supports (:func:`supported_weight`): ``weight`` is used; ``best`` is what
+    :func:`pick_weight` picked, and ``gain`` its ΔNDCG@10 against weight 0 on the same validation lists with the
+    paired bootstrap interval (None when ``best`` is 0)."""
+
+    weight: float
+    best: float
+    gain: dict[str, Any] | None
+
+
+def supported_weight(lists: Sequence[RerankedList], weights: Sequence[float] = BLEND_WEIGHTS) -> SupportedWeight:
+    """The best weight on these validation lists, kept only if its gain over weight 0 (the first stage alone) on
+    the same lists has a paired bootstrap 95 % interval above zero; otherwise 0. A best weight picked from a tie
+    (the language model's gains so far) did not carry to test (README), so noise alone does not switch it on."""
+    best, _ = pick_weight(lists, weights)
+    if best == 0.0:
+        return SupportedWeight(0.0, 0.0, None)
+    gain = compare_ranks([lst.rank(best) for lst in lists], [lst.rank(0.0) for lst in lists])
+    return SupportedWeight(best if float(gain["ci95"][0]) > 0 else 0.0, best, gain)
 
 
 def weight_curve(

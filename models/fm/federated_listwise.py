@@ -77,8 +77,8 @@ def train_shared_listwise(
     progress: Progress | None = None,
 ) -> tuple[LoraWeights, list[dict[str, Any]]]:
     """Federated rounds of the shared LoRA on the agents' own lists (module docstring); the adapter and per-round
-    log (agents, their mean local loss, how many lists they trained on, seconds). ``fm`` must carry no adapter
-    below φ_g's first layer."""
+    log: agents, their mean local loss, ``lists_trained`` (not ``lists``, which the progress bars read as a count
+    done) and seconds. ``fm`` must carry no adapter below φ_g's first layer."""
     weights = LoraWeights.init(default_shared_spec(len(fm.layers)), fm.shapes())
     vector = weights.trainable_vector()
     aggregator = aggregator or WeightedMeanAggregator()
@@ -113,7 +113,7 @@ def train_shared_listwise(
             {
                 "round": round_id + 1,
                 "agents": len(cohort),
-                "lists": sum(lists),
+                "lists_trained": sum(lists),
                 "train_loss": float(np.mean(losses)) if losses else None,
                 "seconds": round(time.perf_counter() - start, 1),
             }

@@ -10,7 +10,16 @@ from models.data.movielens import load_ml100k
 from models.data.split import make_loo_split
 from models.experiments.evaluate import evaluate_two_stage
 from models.firststage.recipe import FederatedConfig
-from models.fm.blend import RerankedList, blend, fm_auc, pick_weight, weight_curve, zscore
+from models.fm.blend import (
+    RerankedList,
+    SupportedWeight,
+    blend,
+    fm_auc,
+    pick_weight,
+    supported_weight,
+    weight_curve,
+    zscore,
+)
 from models.text.encoder import ItemEncoder, embed_catalog
 
 
@@ -64,3 +73,24 @@ def test_two_stage_on_a_slice_reports_both_stages() -> None:
     assert set(selected["first_stage_metrics"]) == {"HR@10", "NDCG@10"}
     # reranking only reorders the top 5, so HR@10 cannot change
     assert test["HR@10"] == selected["first_stage_metrics"]["HR@10"]
+
+
+def _list_with_positive_at(slot: int, fm: np.ndarray) -> RerankedList:
+    """Ten candidates in first-stage order, the positive (position 0) at ``slot``, with the given FM scores."""
+    top = np.array([*range(1, slot + 1), 0, *range(slot + 1, 10)], dtype=np.int64)
+    first = np.linspace(1.0, 0.0, 10).astype(np.float32)
+    return RerankedList(top, first, fm.astype(np.float32), slot)
+
+
+def test_a_weight_is_supported_only_when_its_validation_gain_is_above_the_noise() -> None:
+    # the FM puts every user's positive first: weight 1 lifts it from slot 9 to 0 on every list, a gain on all users
+    lifted = [_list_with_positive_at(9, np.r_[np.zeros(9), 5.0]) for _ in range(40)]
+    chosen = supported_weight(lifted)
+    assert chosen.weight == chosen.best > 0 and chosen.gain is not None and chosen.gain["ci95"][0] > 0
+    # one user of 40 gains and the others do not move: the best weight is one user's luck, not a measurement
+    lucky = [lifted[0]] + [_list_with_positive_at(slot % 10, np.zeros(10)) for slot in range(39)]
+    chosen = supported_weight(lucky)
+    assert chosen.best > 0 and chosen.weight == 0.0
+    assert chosen.gain is not None and chosen.gain["ci95"][0] <= 0 < chosen.gain["delta_ndcg10"]
+    # a best weight of 0 needs no interval
+    assert supported_weight([_list_with_positive_at(0, np.r_[-5.0, np.zeros(9)])]) == SupportedWeight(0.0, 0.0, None)

@@ -39,7 +39,7 @@ def test_agents_train_on_their_own_training_items_and_cache_their_lists_once() -
     config = SharedListwiseConfig(rounds=2, cohort=3, lists_per_agent=2)
     shared, log = train_shared_listwise(split, score_all, fm, builder, config)
 
-    assert [r["agents"] for r in log] == [3, 3] and [r["lists"] for r in log] == [6, 6]
+    assert [r["agents"] for r in log] == [3, 3] and [r["lists_trained"] for r in log] == [6, 6]
     assert all(np.isfinite(r["train_loss"]) for r in log)
     assert np.abs(shared.trainable_vector()).max() > 0  # the rounds moved φ_g (B starts at zero)
     # every agent was in both rounds, and its two lists went through the lower layers once

@@ -113,7 +113,7 @@ def test_persona_on_a_slice_reports_every_stage() -> None:
     assert set(selected["base_fm"]["valid_NDCG@10_by_weight"]) == {str(w) for w in BLEND_WEIGHTS}
     assert selected["valid_users"] == 2 and selected["test_users"] == 4 and selected["workers"] == 2
     # the shared adapter trained through one federated round of two agents (a list each), and one private adapter
-    assert selected["fm_rounds"][0]["agents"] == 2 and selected["fm_rounds"][0]["lists"] == 2
+    assert selected["fm_rounds"][0]["agents"] == 2 and selected["fm_rounds"][0]["lists_trained"] == 2
     assert np.isfinite(selected["fm_rounds"][0]["train_loss"])
     assert np.isfinite(selected["private_train_loss_mean"])
     assert selected["private_users"] == 1
