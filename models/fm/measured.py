@@ -40,15 +40,16 @@ class BlendMeasurement:
 
 MEASURED_BLEND = BlendMeasurement(
     weight=0.0,
-    adapters="shared + private",
+    adapters="shared + private listwise",
     command="agent eval --protocol loo99 --model persona",
     dataset="ML-100K, 943 users' test lists, split sha256 8268aa5a",
-    date="2026-11-27",
+    date="2026-12-02",
     evidence=(
-        "test NDCG@10 0.3795, equal to the first stage alone; the language model's own AUC within the first "
-        "stage's top 20 is 0.49 (chance 0.5): it adds nothing yet. The listwise prompt the rerank serves since "
-        "2026-12-02 was also given weight 0 by validation (scripts/pilot_fm.py --listwise, 943 users, shared "
-        "listwise adapter: ΔNDCG@10 0.000)"
+        "the listwise prompt the rerank serves, with a federated shared adapter and 80 users' private adapters; "
+        "their best validation weight gained +0.013 NDCG@10 with a 95 % interval across zero [-0.003, +0.033], "
+        "and the shared adapter's +0.001 [-0.002, +0.005], so neither is supported and test NDCG@10 is the first "
+        "stage's (0.3795); the model's own AUC within the first stage's top 20 is 0.72 test, but only because "
+        "it reads the first stage's order from the letters (0.50-0.51 with them shuffled, scripts/pilot_fm.py)"
     ),
 )
 """The weight the agent uses when ``[rerank] weight`` is not set (README, "Foundation model": validation picks 0)."""

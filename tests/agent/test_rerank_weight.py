@@ -55,7 +55,7 @@ def invoke(*args: str) -> tuple[str, str]:
 def test_by_default_the_measured_weight_switches_the_rerank_off_and_says_why() -> None:
     in_force = weight_in_force(load_settings().rerank)
     assert (in_force.weight, in_force.source, in_force.on) == (0.0, "measured", False)
-    for fact in ("validation picked blend weight 0", "--model persona", "8268aa5a", "0.49", "[rerank] weight"):
+    for fact in ("validation picked blend weight 0", "--model persona", "8268aa5a", "listwise", "[rerank] weight"):
         assert fact in in_force.why, fact
     body = json.loads(invoke("suggest", "--json", "-n", "5")[0])
     assert body["rerank"] | {"seconds": 0} == {
