@@ -195,7 +195,7 @@ class _Reranker:
                     continue  # the private sample only; a sampled user too new for a private LoRA is served shared
                 scales = {"shared": 0.0 if variant == "base" else 1.0}
                 if "private" in self.served.adapters:  # a previous user's adapter never scores this user
-                    scales["private"] = 1.0 if variant == "both" else 0.0
+                    scales["private"] = 1.0 if variant == "both" and trained else 0.0
                 self.served.set_scales(**scales)
                 fm_scores = score_list(self.served, self.builder, s.train, c.items[c.top].tolist())
                 lists[(variant, which)] = RerankedList(c.top, c.first[c.top], fm_scores, c.positive_first_rank)
