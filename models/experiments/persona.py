@@ -87,6 +87,13 @@ class PersonaConfig:
         return SharedListwiseConfig(**{f.name: getattr(self, f.name) for f in fields(SharedListwiseConfig)})
 
 
+def private_sample(users: Set[int], config: PersonaConfig) -> set[int]:
+    """The seeded sample of ``config.private_users`` of ``users`` whose private LoRA trains (the warm protocols draw it
+    from the validation users, the cold-start one from the cold users)."""
+    order = np.random.default_rng([config.seed, 43]).permutation(sorted(users))
+    return {int(u) for u in order[: config.private_users]}
+
+
 def train_stages(
     split: Split,
     text_vectors: FloatArray,
@@ -214,10 +221,7 @@ def evaluate_persona(
     rng = np.random.default_rng([config.seed, 13])
     n_valid = min(config.valid_users, len(users))
     valid_users = set(int(u) for u in rng.choice(users, size=n_valid, replace=False))
-    private_rng = np.random.default_rng([config.seed, 43])
-    private_users = set(int(u) for u in private_rng.permutation(sorted(valid_users))[: config.private_users])
-    if not private:
-        private_users = set()
+    private_users = private_sample(valid_users, config) if private else set()
     if config.test_users is not None and config.test_users < len(users):
         test_rng = np.random.default_rng([config.seed, 17])
         test_users = set(int(u) for u in test_rng.choice(users, size=config.test_users, replace=False))

@@ -12,12 +12,16 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
-
 from models.data.catalog import Catalog
 from models.data.split import Split
 from models.evaluation.protocols import COLDSTART_KS, coldstart_cut, coldstart_users
-from models.experiments.persona import PersonaConfig, rerank_job, shared_adapter_folder, train_stages
+from models.experiments.persona import (
+    PersonaConfig,
+    private_sample,
+    rerank_job,
+    shared_adapter_folder,
+    train_stages,
+)
 from models.experiments.persona_rerank import Reranking, first_stage_where, summaries
 from models.firststage.fit import cold_private_model
 from models.firststage.recipe import FederatedConfig
@@ -51,8 +55,7 @@ def evaluate_persona_coldstart(
     )
     assert first.shared is not None
     workers = min(config.workers or os.cpu_count() or 1, len(cold))
-    sample = np.random.default_rng([config.seed, 43]).permutation(sorted(cold))[: config.private_users]
-    private_users = {int(u) for u in sample} if private else set()
+    private_users = private_sample(set(cold), config) if private else set()
     test: dict[str, Any] = {}
     valid: dict[str, Any] = {}
     rows: dict[str, dict[str, Any]] = {
