@@ -1,8 +1,8 @@
 """The blend weight of the language model's rerank now in force, and where it came from.
 
 Three sources, first one present wins: ``[rerank]`` in config.toml (``enabled = false`` or a ``weight``: "your
-setting"), a measurement the federation publishes with the shared adapter ("federation"; issue 13 passes it as
-``published``), else the measurement shipped with the model (:data:`models.fm.measured.MEASURED_BLEND`,
+setting"), a measurement the federation publishes with the shared adapter ("federation"; recorded by ``agent sync``, or
+passed as ``published``), else the measurement shipped with the model (:data:`models.fm.measured.MEASURED_BLEND`,
 "measured"). A weight of 0 means the rerank does not run: no foundation model is loaded, no time is spent.
 
 The federation's weight is what its federated evaluation picked (``sync.protocol.evaluation``: agents score their
@@ -24,7 +24,7 @@ from models.assets import atomic_write_bytes
 from models.fm.measured import MEASURED_BLEND, BlendMeasurement
 
 WeightSource = Literal["your setting", "measured", "federation"]
-TURN_ON = "set [rerank] weight, e.g. 0.1 (the most validation ever picked), in config.toml to use it anyway"
+TURN_ON = "set [rerank] weight (a number above 0, e.g. 0.25) in config.toml to use it anyway"
 FEDERATION_BLEND_FILE = "federation_blend.json"
 
 

@@ -4,8 +4,9 @@ The agent's default ``[rerank] weight`` is a measurement, not a constant: :data:
 validation picked in the full-scale evaluation of the whole system (README, "Foundation model (second stage):
 measured"). A weight of 0 means the language model adds nothing, so the agent skips the rerank by default.
 
-The live federation will publish its own :class:`BlendMeasurement` with the shared adapter (issue 13); the agent
-then prefers it to this shipped one (:func:`agent.engine.rerank_weight.weight_in_force`).
+A federation that evaluates publishes its own weight with the shared adapter (``sync.protocol.evaluation``), and
+``agent sync`` records it as a :class:`BlendMeasurement`; the agent then prefers it to this shipped one
+(:func:`agent.engine.rerank_weight.weight_in_force`).
 """
 
 from __future__ import annotations

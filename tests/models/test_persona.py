@@ -12,9 +12,15 @@ from models.data.split import Split, make_loo_split
 from models.evaluation.metrics import summarize
 from models.evaluation.protocols import COLDSTART_KS, metrics_for, user_ranks
 from models.experiments.evaluate import evaluate_coldstart
-from models.experiments.persona import PersonaConfig, evaluate_persona
+from models.experiments.persona import (
+    PersonaConfig,
+    evaluate_persona,
+    rerank_job,
+    shared_adapter_folder,
+    train_stages,
+)
 from models.experiments.persona_coldstart import evaluate_persona_coldstart
-from models.experiments.persona_rerank import candidates_for
+from models.experiments.persona_rerank import candidates_for, rerank_all
 from models.firststage.fit import train_federated
 from models.firststage.recipe import FederatedConfig
 from models.fm.adapter_training import agent_pairs
@@ -155,3 +161,38 @@ def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
         assert test[f"k={k}"]["HR@10"] == selected["first_stage_on_both_users"][f"k={k}"]["HR@10"]
         assert selected["shared_only"][f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
         assert selected["blend_weight"][f"k={k}"] in BLEND_WEIGHTS
+
+
+@pytest.mark.usefixtures("warm_embedding_cache")
+def test_a_user_too_new_for_a_private_adapter_is_not_scored_with_the_previous_users() -> None:
+    dataset, split, vectors = first_users(2)
+    trained_user, new_user = sorted(split.users)
+    s = split.users[new_user]
+    split.users[new_user] = type(s)(s.train[:1], s.valid, s.test, s.valid_negs, s.test_negs)  # one item: no list
+    config = PersonaConfig(
+        rounds=1, cohort=2, lists_per_agent=1, rerank_k=5, private_users=2, private_seconds=4.0, threads=1, workers=1
+    )
+    first, shared, _log, _timings = train_stages(split, vectors, dataset.catalog, config, FederatedConfig(rounds=1))
+    assert first.shared is not None
+    with shared_adapter_folder(shared, "persona-order-") as folder:
+        job = rerank_job(
+            split,
+            vectors,
+            dataset.catalog,
+            (first.shared, first.privates),
+            config,
+            folder,
+            protocol="loo99",
+            private=True,
+            valid_users=set(),
+            test_users=set(split.users),
+            private_users=set(split.users),
+            shared=shared,
+        )
+        # one process, in this order: the first user's private adapter is still loaded when the second is scored
+        done, new = rerank_all(job, [trained_user, new_user], workers=1, progress=None)
+    assert done.private_loss is not None and new.private_loss is None
+    # the trained adapter moves its own user's scores (so the check below could fail) ...
+    assert not np.array_equal(done.lists[("both", "test")].fm, done.lists[("shared", "test")].fm)
+    # ... but scores nothing of the next user's: with no adapter of their own they are served the shared one
+    np.testing.assert_array_equal(new.lists[("both", "test")].fm, new.lists[("shared", "test")].fm)
