@@ -36,7 +36,7 @@ def fail(error: PersonaError) -> NoReturn:
 
 def usage_error(message: str) -> NoReturn:
     """Print a usage problem (a bad option value, a combination that does not apply) on stderr and exit 2."""
-    err.print(message)
+    err.print(escape(message))
     raise typer.Exit(2)
 
 

@@ -65,8 +65,8 @@ def suggest(
         return
     err.print(escape(weight_in_force(settings.rerank).line()))
     table = Table(
-        title=f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else ""),
-        caption=body["rerank"]["note"],
+        title=escape(f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else "")),
+        caption=escape(body["rerank"]["note"]),
     )
     for col in ("#", "title", "year", "tags", "score", "why"):
         table.add_column(col)
@@ -75,7 +75,7 @@ def suggest(
             str(rank),
             escape(row["title"]),
             str(row["year"] or ""),
-            ", ".join(row["tags"][:3]),
+            escape(", ".join(row["tags"][:3])),
             f"{row['score']:.2f}",
             escape(row["reason"]),
         )
@@ -99,7 +99,7 @@ def rate(
             store.add_interaction(
                 profile.catalog.name, profile.catalog.item_ids[index], kind=kind, rating=rating, source="cli"
             )
-            err.print(f"recorded: {profile.catalog.label(index)} → {feedback}")
+            err.print(escape(f"recorded: {profile.catalog.label(index)} → {feedback}"))
             if train:
                 retrain(store)
         except PersonaError as error:
@@ -135,7 +135,7 @@ def history(
     for e in entries:
         when = time.strftime("%Y-%m-%d", time.gmtime(e["ts"]))
         what = e["kind"] if e["kind"] != "rating" else f"{e['rating']:g}/5"
-        table.add_row(when, escape(e["label"]), what, e["source"])
+        table.add_row(when, escape(e["label"]), what, escape(e["source"]))
     out.print(table)
 
 
@@ -163,15 +163,15 @@ def search(
     if as_json:
         emit_json({"catalog": cat.name, "query": text, "results": results})
         return
-    table = Table(title=f'"{text}" in {cat.name}')
+    table = Table(title=escape(f'"{text}" in {cat.name}'))
     for col in ("id", "title", "year", "tags", "rated"):
         table.add_column(col)
     for i, r in zip(found, results, strict=True):
         table.add_row(
-            cat.item_ids[i],
+            escape(cat.item_ids[i]),
             escape(cat.titles[i]),
             str(cat.years[i] or ""),
-            ", ".join(cat.tags[i][:3]),
+            escape(", ".join(cat.tags[i][:3])),
             str(r["rated"] or ""),
         )
     out.print(table)
@@ -189,7 +189,7 @@ def forget(
             removed = store.forget(profile.catalog.name, profile.catalog.item_ids[index])
             if not removed:
                 raise ProfileError(f"You have no interaction with {profile.catalog.label(index)}.")
-            err.print(f"forgot {removed} interaction(s) with {profile.catalog.label(index)}")
+            err.print(escape(f"forgot {removed} interaction(s) with {profile.catalog.label(index)}"))
             if train:
                 retrain(store)
         except PersonaError as error:

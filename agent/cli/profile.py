@@ -32,7 +32,7 @@ def show_paths(as_json: Annotated[bool, typer.Option("--json", help="Print one J
         emit_json(found)
         return
     for name, where in found.items():
-        out.print(f"{name:8} {where}")
+        out.print(escape(f"{name:8} {where}"))
 
 
 def init(
@@ -76,7 +76,7 @@ def inspect(
         return
     counts = body["interactions"]
     adapter = body["private_adapter"]
-    out.print(f"[bold]Profile[/] on {body['catalog']}" + (" (encrypted)" if body["encrypted"] else ""))
+    out.print(f"[bold]Profile[/] on {escape(body['catalog'])}" + (" (encrypted)" if body["encrypted"] else ""))
     out.print(
         f"  {counts['total']} interactions: {counts['liked_items']} liked items, {counts['disliked_items']} disliked"
     )
@@ -87,7 +87,11 @@ def inspect(
             table.add_column(col)
         for r in rows:
             table.add_row(
-                r["tag"], f"{r['lift']:+.2f}", str(r["liked"]), str(r["disliked"]), escape("; ".join(r["examples"]))
+                escape(r["tag"]),
+                f"{r['lift']:+.2f}",
+                str(r["liked"]),
+                str(r["disliked"]),
+                escape("; ".join(r["examples"])),
             )
         out.print(table)
     shift = adapter["relative_shift"]
@@ -139,7 +143,7 @@ def catalogs(
         return
     for entry in found:
         mark = "*" if entry["name"] == active else " "
-        out.print(f"{mark} {entry['name']:20} {entry['kind']:9} {entry['n_items']:>6} items")
+        out.print(escape(f"{mark} {entry['name']:20} {entry['kind']:9} {entry['n_items']:>6} items"))
 
 
 def use(catalog: Annotated[str, typer.Argument(help="A name from `agent catalogs`.")]) -> None:
@@ -149,7 +153,7 @@ def use(catalog: Annotated[str, typer.Argument(help="A name from `agent catalogs
         if catalog not in names:
             fail(ProfileError(f"There is no catalog named {catalog!r}.", hint=f"Catalogs: {', '.join(names)}."))
         store.set_meta("active_catalog", catalog)
-    err.print(f"active catalog: {catalog}")
+    err.print(escape(f"active catalog: {catalog}"))
 
 
 def reset(

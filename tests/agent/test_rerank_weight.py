@@ -70,8 +70,10 @@ def test_by_default_the_measured_weight_switches_the_rerank_off_and_says_why() -
     }
     assert len(body["suggestions"]) == 5 and all(s["fm_score"] is None for s in body["suggestions"])
     assert SERVED._fm is None  # no foundation model was loaded
-    _, stderr = invoke("suggest", "-n", "5")
+    stdout, stderr = invoke("suggest", "-n", "5")
     assert f"language-model rerank off, weight 0 (measured): {in_force.why}" in stderr.splitlines()
+    # the table's caption says the same, its brackets printed as they are (not read as console markup)
+    assert "set [rerank] weight (a number above 0" in " ".join(stdout.split())
 
 
 def test_your_setting_wins_over_the_measured_and_the_federation_weight() -> None:
