@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import re
@@ -20,7 +21,7 @@ from agent.settings import Settings
 from agent.store.files import profile_files
 from agent.store.profile_store import ProfileStore
 from agent.tui.app import PersonaApp
-from agent.tui.screens.modals import ConfirmScreen, PassphraseScreen
+from agent.tui.screens.modals import ConfirmScreen, ErrorScreen, PassphraseScreen
 from agent.tui.screens.onboarding import OnboardingScreen
 from agent.tui.screens.profile import ProfileScreen
 from agent.tui.screens.suggestions import SuggestionsScreen
@@ -125,6 +126,25 @@ async def test_why_screen_lists_the_history_behind_a_suggestion() -> None:
         assert labels == {"Toy Story (1995)", "Aladdin (1992)", "The Lion King (1994)"}
         await pilot.press("escape")
         assert isinstance(app.screen, SuggestionsScreen)
+
+
+@pytest.mark.asyncio
+async def test_bracketed_text_from_a_catalog_or_a_problem_is_shown_as_written() -> None:
+    seed(*ANIMATED)
+    app = PersonaApp(settings=no_training())
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        screen = app.screen
+        assert isinstance(screen, SuggestionsScreen)
+        # an imported catalog's title and a reason may hold brackets: console markup must not eat them
+        screen._show([dataclasses.replace(screen.suggestions[0], title="[REC]", reason="[b]x[/b]")], note="[rerank]")
+        await pilot.pause()
+        shown = svg_text(app.export_screenshot())
+        assert "[REC]" in shown and "[b]x[/b]" in shown and "· [rerank]" in shown
+        app.push_screen(ErrorScreen("Bad settings", "rerank must be a table: [rerank] with enabled", "see [rerank]"))
+        await wait_for(pilot, lambda: has(app, "#error-hint"))
+        assert "a table: [rerank] with" in str(app.screen.query_one("#error-message").render())
+        assert str(app.screen.query_one("#error-hint").render()) == "see [rerank]"
 
 
 @pytest.mark.asyncio

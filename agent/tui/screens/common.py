@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual.widgets import Static
 
@@ -14,8 +15,8 @@ def title_bar(name: str) -> Static:
 
 
 def tag_text(tags: list[str], limit: int = 3) -> str:
-    """The first ``limit`` tags, comma separated."""
-    return ", ".join(tags[:limit])
+    """The first ``limit`` tags, comma separated (escaped: a tag's brackets are shown, not read as markup)."""
+    return escape(", ".join(tags[:limit]))
 
 
 def record_feedback(profile: Profile, item: int, kind: str, *, source: str) -> None:

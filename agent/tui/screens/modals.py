@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -24,7 +25,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):
-            yield Static(self.question, id="confirm-question")
+            yield Static(escape(self.question), id="confirm-question")
             with Horizontal():
                 yield Button("Delete everything", variant="error", id="confirm-yes")
                 yield Button("Cancel", variant="primary", id="confirm-no")
@@ -46,9 +47,9 @@ class ErrorScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="error"):
             yield Label(Text(self.title_text, style="bold red"))
-            yield Static(self.message, id="error-message")
+            yield Static(escape(self.message), id="error-message")
             if self.hint:
-                yield Static(self.hint, id="error-hint")
+                yield Static(escape(self.hint), id="error-hint")
             yield Button("Close", id="error-close")
 
     @on(Button.Pressed, "#error-close")

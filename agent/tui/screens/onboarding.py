@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
+from rich.markup import escape
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -67,7 +68,7 @@ class OnboardingScreen(Screen[None]):
         cat = profile.catalog
         for i in self.results:
             mark = "✓ " if cat.item_ids[i] in self.picked else ""
-            table.add_row(mark + cat.titles[i], str(cat.years[i] or ""), tag_text(cat.tags[i]), key=str(i))
+            table.add_row(escape(mark + cat.titles[i]), str(cat.years[i] or ""), tag_text(cat.tags[i]), key=str(i))
 
     @on(Input.Changed, "#search")
     def _search(self, event: Input.Changed) -> None:
@@ -97,14 +98,14 @@ class OnboardingScreen(Screen[None]):
             record_feedback(profile, item, "like", source="onboarding")
             self.picked.append(item_id)
         self._show_picked()
-        table.update_cell_at(Coordinate(table.cursor_row, 0), "✓ " + profile.catalog.titles[item])
+        table.update_cell_at(Coordinate(table.cursor_row, 0), escape("✓ " + profile.catalog.titles[item]))
 
     def _show_picked(self) -> None:
         """List what has been liked so far (most recent last), or say that nothing has been yet."""
         catalog = self.profile.catalog
         labels = [catalog.label(catalog.index[i]) for i in self.picked]
         text = f"✓ Liked {len(labels)}: " + "; ".join(labels) if labels else "Nothing liked yet."
-        self.query_one("#picked", Static).update(text)
+        self.query_one("#picked", Static).update(escape(text))
 
     def action_done(self) -> None:
         """Go to the suggestions (and train the private adapter in the background)."""

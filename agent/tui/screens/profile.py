@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -63,7 +64,7 @@ class ProfileScreen(Screen[None]):
         shift = adapter["relative_shift"]
         self.query_one("#profile-summary", Static).update(
             f"{counts['total']} interactions · {counts['liked_items']} liked · {counts['disliked_items']} disliked\n"
-            f"traits derived from: {body['derived_from']}\n"
+            f"traits derived from: {escape(body['derived_from'])}\n"
             f"private adapter |θ_u| = {adapter['norm']:.3f}"
             + (f" ({shift:.2f}× the history state)" if shift is not None else "")
             + f", changes {adapter['top20_changed_by_private']} of the top 20\n"
@@ -80,7 +81,11 @@ class ProfileScreen(Screen[None]):
             table.clear()
             for r in body[key]:
                 table.add_row(
-                    r["tag"], f"{r['lift']:+.2f}", str(r["liked"]), str(r["disliked"]), "; ".join(r["examples"])
+                    escape(r["tag"]),
+                    f"{r['lift']:+.2f}",
+                    str(r["liked"]),
+                    str(r["disliked"]),
+                    escape("; ".join(r["examples"])),
                 )
         history = self.query_one("#history", DataTable)
         history.clear()
@@ -89,10 +94,10 @@ class ProfileScreen(Screen[None]):
             index = profile.catalog.index.get(item_id)
             label = profile.catalog.label(index) if index is not None else item_id
             what = interaction.kind if interaction.kind != "rating" else f"{interaction.rating:g}/5"
-            history.add_row(label, what, interaction.source)
+            history.add_row(escape(label), what, escape(interaction.source))
             self._history_items.append(item_id)
         self.query_one("#profile-paths", Static).update(
-            "\n".join(f"{name}: {where}" for name, where in body["paths"].items() if name != "profile_files")
+            escape("\n".join(f"{name}: {where}" for name, where in body["paths"].items() if name != "profile_files"))
         )
 
     def _draw_chart(self) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
+from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -120,12 +121,23 @@ class SuggestionsScreen(Screen[None]):
         row = table.cursor_row
         table.clear()
         for s in found:
-            table.add_row(s.title, str(s.year or ""), tag_text(s.tags), f"{s.score:.2f}", s.reason, key=str(s.item))
+            table.add_row(
+                escape(s.title),
+                str(s.year or ""),
+                tag_text(s.tags),
+                f"{s.score:.2f}",
+                escape(s.reason),
+                key=str(s.item),
+            )
         if found:
             table.move_cursor(row=min(row, len(found) - 1))
         status = self.query_one("#status", Static)
         status.update(
-            f"{len(found)} suggestions" + (f' for "{self.mood}"' if self.mood else "") + (f" · {note}" if note else "")
+            escape(
+                f"{len(found)} suggestions"
+                + (f' for "{self.mood}"' if self.mood else "")
+                + (f" · {note}" if note else "")
+            )
         )
         self.report_painted()
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -83,16 +84,16 @@ class SyncScreen(Screen[None]):
         client = self.client_state()
         last = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary["last_round_at"])) if ledger else "never"
         self.query_one("#sync-status", Static).update(
-            f"{client}\nshared adapter: {profile.shared_meta.get('version')}\n"
+            f"{escape(client)}\nshared adapter: {profile.shared_meta.get('version')}\n"
             f"last round: {last} · {summary['rounds']} rounds · {summary['bytes_sent']:,} bytes sent · "
             f"{summary['bytes_received']:,} received"
         )
-        self.query_one("#schedule", Static).update(schedule_lines(profile))
+        self.query_one("#schedule", Static).update(escape(schedule_lines(profile)))
         self.show_budget()
         try:
             budget = load_settings().sync.epsilon_budget
         except PersonaError as error:
-            self.query_one("#epsilon-chart", Static).update(f"No chart: {error.message}")
+            self.query_one("#epsilon-chart", Static).update(escape(f"No chart: {error.message}"))
         else:
             over_year = epsilon_chart(epsilon_points(ledger), budget, self.app.size.width - 2)
             self.query_one("#epsilon-chart", Static).update(over_year)
@@ -125,7 +126,7 @@ class SyncScreen(Screen[None]):
             text = privacy_budget(self.profile.store).explain()
         except PersonaError as error:
             text = f"ε this year: unknown ({error.message})"
-        self.app.call_from_thread(self.query_one("#privacy-budget", Static).update, text)
+        self.app.call_from_thread(self.query_one("#privacy-budget", Static).update, escape(text))
 
     def action_sync_now(self) -> None:
         """Ask the app for one sync round now (it says so when no coordinator is configured)."""

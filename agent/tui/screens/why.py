@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -30,7 +31,7 @@ class WhyScreen(ModalScreen[None]):
         parts = self.explanation["parts"]
         with Vertical(id="why"):
             yield Label(Text(self.explanation["label"], style="bold"))
-            yield Static(self.suggestion.reason, id="why-reason")
+            yield Static(escape(self.suggestion.reason), id="why-reason")
             yield Static(
                 f"score {self.explanation['score']:.3f} = history {parts['history']:+.3f}"
                 f" + private adapter {parts['private_adapter']:+.3f} + item bias {parts['item_bias']:+.3f}"
@@ -52,7 +53,7 @@ class WhyScreen(ModalScreen[None]):
         table = self.query_one("#why-history", DataTable)
         table.add_columns("history item", "tags", "pull")
         for row in self.explanation["history"]:
-            table.add_row(row["label"], tag_text(row["tags"]), f"{row['pull']:+.3f}")
+            table.add_row(escape(row["label"]), tag_text(row["tags"]), f"{row['pull']:+.3f}")
 
     @on(Button.Pressed, "#why-close")
     def _close(self) -> None:
