@@ -63,10 +63,14 @@ def suggest(
     if as_json:
         emit_json(body)
         return
-    err.print(escape(weight_in_force(settings.rerank).line()))
+    in_force = weight_in_force(settings.rerank)
+    err.print(escape(in_force.line()))
+    caption = body["rerank"]["note"]
+    if not outcome.applied and outcome.error is None and not in_force.on:
+        caption = f"first stage only: {in_force.summary()}; why: see above or agent inspect"  # once is enough
     table = Table(
         title=escape(f"Suggestions from {body['catalog']}" + (f' for "{query}"' if query else "")),
-        caption=escape(body["rerank"]["note"]),
+        caption=escape(caption),
     )
     for col in ("#", "title", "year", "tags", "score", "why"):
         table.add_column(col)

@@ -72,8 +72,10 @@ def test_by_default_the_measured_weight_switches_the_rerank_off_and_says_why() -
     assert SERVED._fm is None  # no foundation model was loaded
     stdout, stderr = invoke("suggest", "-n", "5")
     assert f"language-model rerank off, weight 0 (measured): {in_force.why}" in stderr.splitlines()
-    # the table's caption says the same, its brackets printed as they are (not read as console markup)
-    assert "set [rerank] weight (a number above 0" in " ".join(stdout.split())
+    assert "set [rerank] weight (a number above 0" in stderr  # brackets printed as they are, not read as markup
+    # the table's caption says it in a few words (the why is printed once, above it)
+    caption = f"first stage only: {MEASURED_OFF}; why: see above or agent inspect"
+    assert caption in " ".join(stdout.split()) and "validation picked blend weight" not in stdout
 
 
 def test_your_setting_wins_over_the_measured_and_the_federation_weight() -> None:
