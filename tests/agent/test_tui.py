@@ -68,6 +68,11 @@ def suggested(app: PersonaApp) -> list[str]:
     return [s.item_id for s in screen.suggestions]
 
 
+def showing_suggestions(app: PersonaApp) -> Callable[[], bool]:
+    """A condition for :func:`wait_for`: the suggestions screen shows at least one suggestion."""
+    return lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app))
+
+
 @pytest.mark.asyncio
 async def test_first_run_onboarding_then_three_likes_give_suggestions_that_follow_them() -> None:
     app = PersonaApp(settings=no_training())
@@ -84,7 +89,7 @@ async def test_first_run_onboarding_then_three_likes_give_suggestions_that_follo
             assert sorted(i.item_id for i in store.interactions()) == sorted(ANIMATED)
             assert {i.source for i in store.interactions()} == {"onboarding"}
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         screen = app.screen
         assert isinstance(screen, SuggestionsScreen)
         top = screen.suggestions[:10]
@@ -99,7 +104,7 @@ async def test_like_and_dislike_update_the_store_and_the_next_suggestions() -> N
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         first = suggested(app)
         await pilot.press("d")
         await wait_for(pilot, lambda: suggested(app) != first)
@@ -118,7 +123,7 @@ async def test_why_screen_lists_the_history_behind_a_suggestion() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("w")
         await wait_for(pilot, lambda: isinstance(app.screen, WhyScreen) and has(app, "#why-history"))
         table = app.screen.query_one("#why-history", DataTable)
@@ -133,7 +138,7 @@ async def test_bracketed_text_from_a_catalog_or_a_problem_is_shown_as_written() 
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         screen = app.screen
         assert isinstance(screen, SuggestionsScreen)
         # an imported catalog's title and a reason may hold brackets: console markup must not eat them
@@ -152,7 +157,7 @@ async def test_remapped_like_key_from_the_config() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=Settings(retrain_after_feedback=False, keys={"suggestions.like": "k"}))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         chosen = suggested(app)[0]
         await pilot.press("k")
         await wait_for(pilot, lambda: chosen not in suggested(app))
@@ -165,7 +170,7 @@ async def test_like_retrains_the_private_adapter_in_a_worker_process() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=Settings(retrain_after_feedback=True))
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("l")
         await wait_for(pilot, lambda: app.profile is not None and app.profile.store.last_training() is not None, 2000)
         assert app.profile is not None and app.profile.store.load_private() is not None
@@ -176,7 +181,7 @@ async def test_profile_screen_reset_needs_confirmation_and_then_deletes_everythi
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("p")
         await wait_for(pilot, lambda: isinstance(app.screen, ProfileScreen) and has(app, "#profile-summary"))
         text = str(app.screen.query_one("#profile-summary").render())
@@ -215,7 +220,7 @@ async def test_sync_screen_without_a_sync_client_shows_the_ledger_and_says_so() 
         )
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("y")
         await wait_for(pilot, lambda: isinstance(app.screen, SyncScreen) and has(app, "#ledger"))
         status = str(app.screen.query_one("#sync-status").render())
@@ -244,7 +249,7 @@ async def test_sync_now_runs_the_sync_seam_in_a_worker_and_fills_the_progress_ba
 
     app = PersonaApp(settings=no_training(), sync=fake_sync, coordinator=lambda: "http://coordinator.test")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("y")
         await wait_for(pilot, lambda: isinstance(app.screen, SyncScreen) and has(app, "#sync-progress"))
         status = str(app.screen.query_one("#sync-status").render())
@@ -259,7 +264,7 @@ async def test_snapshot_of_the_suggestions_screen_at_a_pinned_size() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.pause()
         svg = app.export_screenshot()
         screen = app.screen
@@ -333,7 +338,7 @@ async def test_command_palette_mirrors_the_cli_verbs() -> None:
     seed(*ANIMATED)
     app = PersonaApp(settings=no_training())
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
         await pilot.press("ctrl+p")
         await wait_for(pilot, lambda: has(app, "CommandInput"))
         await pilot.press(*"inspect")
@@ -353,7 +358,7 @@ async def test_encrypted_profile_asks_for_the_passphrase_and_survives_a_wrong_on
         await wait_for(pilot, lambda: isinstance(app.screen, PassphraseScreen) and has(app, "#passphrase-problem"))
         assert "does not unlock" in str(app.screen.query_one("#passphrase-problem").render())
         await pilot.press(*"open sesame", "enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, SuggestionsScreen) and bool(suggested(app)))
+        await wait_for(pilot, showing_suggestions(app))
 
 
 @pytest.mark.asyncio
