@@ -298,15 +298,26 @@ def evaluate_persona(
     return final["test"], final["valid"], selected
 
 
-def variant_comparisons(results: list[UserResult], report: dict[str, Any], private: bool) -> dict[str, Any]:
-    """Each row's ΔNDCG@10 and ΔHR@10 against the first stage on the same test lists, with paired bootstrap
-    intervals over users: ``base_fm``, ``shared_only`` (with ``private``) and the evaluated model (with ``private``:
-    on the private sample)."""
+def variant_ranks(
+    results: list[UserResult], report: dict[str, Any], private: bool, *, weight: str = "blend_weight"
+) -> dict[str, tuple[dict[int, int], dict[int, int]]]:
+    """Per row (``base_fm``, ``shared_only`` with ``private``, and the evaluated model: with ``private`` on the
+    private sample), each test user's rank with the row's ``report[variant][weight]`` and the first stage's rank on
+    the same list, in ``results``' order."""
     rows = {"base_fm": "base", "shared_only": "shared"} if private else {"base_fm": "base"}
     rows["persona" if private else "persona-shared"] = VARIANTS[-1] if private else VARIANTS[1]
     out = {}
     for row, v in rows.items():  # each row on the users it was measured on (``both``: the private sample)
         tested = [r for r in results if (v, "test") in r.lists]
-        first = [r.lists[("base", "test")].rank(0.0) for r in tested]
-        out[row] = compare_ranks([r.lists[(v, "test")].rank(report[v]["blend_weight"]) for r in tested], first)
+        mine = {r.user: r.lists[(v, "test")].rank(report[v][weight]) for r in tested}
+        out[row] = (mine, {r.user: r.lists[("base", "test")].rank(0.0) for r in tested})
     return out
+
+
+def variant_comparisons(results: list[UserResult], report: dict[str, Any], private: bool) -> dict[str, Any]:
+    """Each row's ΔNDCG@10 and ΔHR@10 against the first stage on the same test lists, with paired bootstrap
+    intervals over users (rows: :func:`variant_ranks`)."""
+    return {
+        row: compare_ranks(list(mine.values()), list(first.values()))
+        for row, (mine, first) in variant_ranks(results, report, private).items()
+    }

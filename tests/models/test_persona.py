@@ -161,6 +161,15 @@ def test_persona_cold_start_trains_on_warm_users_and_rescores_each_k() -> None:
         assert test[f"k={k}"]["HR@10"] == selected["first_stage_on_both_users"][f"k={k}"]["HR@10"]
         assert selected["shared_only"][f"k={k}"]["HR@10"] == first[f"k={k}"]["HR@10"]
         assert selected["blend_weight"][f"k={k}"] in BLEND_WEIGHTS
+        # each row against the first stage on its own users, at the weight used and at validation's best
+        versus, weights = selected["vs_first_stage"][f"k={k}"], selected["weights"][f"k={k}"]
+        assert {row: versus[row]["users"] for row in versus} == {"base_fm": 2, "shared_only": 2, "persona": 1}
+        assert versus["persona"]["hr10"] == [test[f"k={k}"]["HR@10"], test[f"k={k}"]["HR@10"]]
+        for row, variant in (("base_fm", "base"), ("shared_only", "shared"), ("persona", "both")):
+            if weights[variant]["blend_weight"] == 0:  # the first stage itself: no difference at all
+                assert versus[row]["delta_ndcg10"] == 0 and versus[row]["ci95"] == [0, 0]
+            at_best = selected["at_best_valid_weight"][f"k={k}"][row]
+            assert at_best["users"] == versus[row]["users"] and weights[variant]["best_valid_weight"] in BLEND_WEIGHTS
 
 
 @pytest.mark.usefixtures("warm_embedding_cache")
