@@ -26,7 +26,8 @@ title      title, name                required
 text       text, description          optional free text
 tags       tags, tag, genres, genre   optional; ``|``-, ``;``- or ``,``-separated (the first of these
                                       separators that occurs), or a JSON list of strings
-year       year                       optional whole number
+year       year                       optional whole number; without it, a title ending in its year in
+                                      brackets, ``Alien (1979)``, gives it (and is shown as ``Alien``)
 =========  =========================  ==============================================================
 
 Interaction columns:
@@ -84,6 +85,7 @@ from models.data.fields import (
     parse_year,
     required_id,
     resolve_columns,
+    split_title_year,
 )
 from models.data.rows import Record, RowProblem, cut, read_table
 from models.errors import ImportFormatError
@@ -154,7 +156,7 @@ def read_catalog(path: Path | str, *, name: str, on_error: OnError = "skip") -> 
             title = required_id(get(record, columns, "title"), "title", "every item needs a title")
             text = optional_text(get(record, columns, "text"), "text")
             item_tags = parse_tags(get(record, columns, "tags"))
-            year = parse_year(get(record, columns, "year"))
+            title, year = split_title_year(title, parse_year(get(record, columns, "year")))
             if item_id in first_line:
                 raise RowError(
                     f"item id '{cut(item_id)}' already appeared on line {first_line[item_id]}; "

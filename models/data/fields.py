@@ -24,6 +24,8 @@ DISLIKE_RATING = 1.0
 _MAX_UNIX_SECONDS = 1e11  # about the year 5138: anything larger is almost surely milliseconds
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
+YEAR_IN_TITLE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
+"""A title that ends in its year in brackets, ``Alien (1979)``, as film catalogs often write it."""
 
 CATALOG_FIELDS: dict[str, tuple[str, ...]] = {
     "id": ("id", "item_id", "itemId", "item"),
@@ -149,6 +151,17 @@ def parse_tags(value: object) -> list[str]:
     else:
         raise RowError(f"tags must be a list of strings or a '|'-separated string, not {show(value)}")
     return list(dict.fromkeys(tag.strip() for tag in parts if tag.strip()))
+
+
+def split_title_year(title: str, year: int | None) -> tuple[str, int | None]:
+    """``("Alien (1979)", None)`` → ``("Alien", 1979)``: a title ending in a year in brackets gives the item its year
+    when no year column does, and drops the bracket when the column says the same year (so it is not shown twice).
+    A bracket that disagrees with the year column, or that is the whole title, is left as it is."""
+    match = YEAR_IN_TITLE.match(title)
+    if not match or not match["title"].strip():
+        return title, year
+    found = int(match["year"])
+    return (match["title"], found) if year in (None, found) else (title, year)
 
 
 def parse_year(value: object) -> int | None:

@@ -19,10 +19,10 @@ import numpy as np
 
 from models.assets import require_ml100k
 from models.data.catalog import Catalog, Dataset, Interactions
+from models.data.fields import YEAR_IN_TITLE
 from models.errors import AssetError
 
 _TRAILING_ARTICLE = re.compile(r"^(?P<rest>.+), (?P<article>The|A|An|Les|La|Le|L'|Il|Das|Der|Die|El)$")
-_YEAR_IN_TITLE = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})\)\s*$")
 
 
 def display_title(raw: str) -> str:
@@ -41,7 +41,7 @@ def parse_item_row(item_id: str, raw_title: str, raw_year: str, raw_class: str) 
     year: int | None = int(raw_year) if raw_year.strip().isdigit() else None
     if title.lower() in {"unknown", "unkonwn"}:
         return "unknown", None, []
-    embedded = _YEAR_IN_TITLE.match(title)
+    embedded = YEAR_IN_TITLE.match(title)
     if embedded:
         title = embedded["title"]
         if year is None:

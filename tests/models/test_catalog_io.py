@@ -447,3 +447,19 @@ def test_real_ml100k_inter_imports_like_the_loader() -> None:
     assert len(result.value) == len(dataset.interactions) == 100_000
     assert result.value.n_users == 943
     assert float(result.value.ratings.sum()) == float(dataset.interactions.ratings.sum())
+
+
+def test_a_title_ending_in_its_year_gives_the_year_when_no_column_does(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "items.csv",
+        "id,title,year\n"
+        "1,[REC] (2007),\n"  # no year column value: the bracket gives it
+        "2,Alien (1979),1979\n"  # the same year twice: shown once
+        "3,Solaris (1972),2002\n"  # they disagree: nothing is guessed
+        "4,(1999),\n"  # the year is the whole title: kept as the title
+        "5,Blade Runner 2049,\n",
+    )
+    cat = read_catalog(path, name="films").value
+    assert cat.titles == ["[REC]", "Alien", "Solaris (1972)", "(1999)", "Blade Runner 2049"]
+    assert cat.years == [2007, 1979, 2002, None, None]
+    assert cat.label(0) == "[REC] (2007)"
