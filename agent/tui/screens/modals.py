@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from rich.markup import escape
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -25,7 +24,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm"):
-            yield Static(escape(self.question), id="confirm-question")
+            yield Static(self.question, id="confirm-question", markup=False)
             with Horizontal():
                 yield Button("Delete everything", variant="error", id="confirm-yes")
                 yield Button("Cancel", variant="primary", id="confirm-no")
@@ -47,9 +46,9 @@ class ErrorScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="error"):
             yield Label(Text(self.title_text, style="bold red"))
-            yield Static(escape(self.message), id="error-message")
+            yield Static(self.message, id="error-message", markup=False)
             if self.hint:
-                yield Static(escape(self.hint), id="error-hint")
+                yield Static(self.hint, id="error-hint", markup=False)
             yield Button("Close", id="error-close")
 
     @on(Button.Pressed, "#error-close")

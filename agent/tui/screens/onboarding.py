@@ -47,7 +47,7 @@ class OnboardingScreen(Screen[None]):
         )
         yield Input(placeholder="Search titles or genres…", id="search")
         yield DataTable(id="results", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="picked")
+        yield Static("", id="picked", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -105,7 +105,7 @@ class OnboardingScreen(Screen[None]):
         catalog = self.profile.catalog
         labels = [catalog.label(catalog.index[i]) for i in self.picked]
         text = f"✓ Liked {len(labels)}: " + "; ".join(labels) if labels else "Nothing liked yet."
-        self.query_one("#picked", Static).update(escape(text))
+        self.query_one("#picked", Static).update(text)
 
     def action_done(self) -> None:
         """Go to the suggestions (and train the private adapter in the background)."""

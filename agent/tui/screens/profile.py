@@ -37,7 +37,7 @@ class ProfileScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield title_bar("Profile")
         with VerticalScroll():
-            yield Static("", id="profile-summary")
+            yield Static("", id="profile-summary", markup=False)
             yield Label("What your agent thinks you like: tag lifts from the private adapter (σ; ✓ liked, ✗ disliked)")
             yield Static("", id="lift-chart")
             yield Label("History (f forgets the selected item)")
@@ -46,7 +46,7 @@ class ProfileScreen(Screen[None]):
             yield DataTable(id="affinities", cursor_type="row")
             yield Label("Aversions, with example items")
             yield DataTable(id="aversions", cursor_type="row")
-            yield Static("", id="profile-paths")
+            yield Static("", id="profile-paths", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -64,7 +64,7 @@ class ProfileScreen(Screen[None]):
         shift = adapter["relative_shift"]
         self.query_one("#profile-summary", Static).update(
             f"{counts['total']} interactions · {counts['liked_items']} liked · {counts['disliked_items']} disliked\n"
-            f"traits derived from: {escape(body['derived_from'])}\n"
+            f"traits derived from: {body['derived_from']}\n"
             f"private adapter |θ_u| = {adapter['norm']:.3f}"
             + (f" ({shift:.2f}× the history state)" if shift is not None else "")
             + f", changes {adapter['top20_changed_by_private']} of the top 20\n"
@@ -97,7 +97,7 @@ class ProfileScreen(Screen[None]):
             history.add_row(escape(label), what, escape(interaction.source))
             self._history_items.append(item_id)
         self.query_one("#profile-paths", Static).update(
-            escape("\n".join(f"{name}: {where}" for name, where in body["paths"].items() if name != "profile_files"))
+            "\n".join(f"{name}: {where}" for name, where in body["paths"].items() if name != "profile_files")
         )
 
     def _draw_chart(self) -> None:

@@ -48,7 +48,7 @@ class SuggestionsScreen(Screen[None]):
         yield title_bar("Suggestions")
         yield Input(placeholder="Blend a mood into your taste, e.g. light comedy (Enter)", id="query")
         yield DataTable(id="suggestions", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="status")
+        yield Static("", id="status", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -133,11 +133,7 @@ class SuggestionsScreen(Screen[None]):
             table.move_cursor(row=min(row, len(found) - 1))
         status = self.query_one("#status", Static)
         status.update(
-            escape(
-                f"{len(found)} suggestions"
-                + (f' for "{self.mood}"' if self.mood else "")
-                + (f" · {note}" if note else "")
-            )
+            f"{len(found)} suggestions" + (f' for "{self.mood}"' if self.mood else "") + (f" · {note}" if note else "")
         )
         self.report_painted()
 

@@ -60,9 +60,9 @@ class SyncScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield title_bar("Sync")
-        yield Static("", id="sync-status")
-        yield Static("", id="schedule")
-        yield Static("ε this year: computing…", id="privacy-budget")
+        yield Static("", id="sync-status", markup=False)
+        yield Static("", id="schedule", markup=False)
+        yield Static("ε this year: computing…", id="privacy-budget", markup=False)
         yield ProgressBar(total=100, id="sync-progress", show_eta=False)
         yield Label("ε this year at each participation, against your yearly budget (┄)")
         yield Static("", id="epsilon-chart")
@@ -84,11 +84,11 @@ class SyncScreen(Screen[None]):
         client = self.client_state()
         last = time.strftime("%Y-%m-%d %H:%M", time.localtime(summary["last_round_at"])) if ledger else "never"
         self.query_one("#sync-status", Static).update(
-            f"{escape(client)}\nshared adapter: {profile.shared_meta.get('version')}\n"
+            f"{client}\nshared adapter: {profile.shared_meta.get('version')}\n"
             f"last round: {last} · {summary['rounds']} rounds · {summary['bytes_sent']:,} bytes sent · "
             f"{summary['bytes_received']:,} received"
         )
-        self.query_one("#schedule", Static).update(escape(schedule_lines(profile)))
+        self.query_one("#schedule", Static).update(schedule_lines(profile))
         self.show_budget()
         try:
             budget = load_settings().sync.epsilon_budget
@@ -126,7 +126,7 @@ class SyncScreen(Screen[None]):
             text = privacy_budget(self.profile.store).explain()
         except PersonaError as error:
             text = f"ε this year: unknown ({error.message})"
-        self.app.call_from_thread(self.query_one("#privacy-budget", Static).update, escape(text))
+        self.app.call_from_thread(self.query_one("#privacy-budget", Static).update, text)
 
     def action_sync_now(self) -> None:
         """Ask the app for one sync round now (it says so when no coordinator is configured)."""

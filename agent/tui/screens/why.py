@@ -31,7 +31,7 @@ class WhyScreen(ModalScreen[None]):
         parts = self.explanation["parts"]
         with Vertical(id="why"):
             yield Label(Text(self.explanation["label"], style="bold"))
-            yield Static(escape(self.suggestion.reason), id="why-reason")
+            yield Static(self.suggestion.reason, id="why-reason", markup=False)
             yield Static(
                 f"score {self.explanation['score']:.3f} = history {parts['history']:+.3f}"
                 f" + private adapter {parts['private_adapter']:+.3f} + item bias {parts['item_bias']:+.3f}"
